@@ -1,0 +1,286 @@
+"""A pool slot's child: forks its front, waits for a grant, becomes the
+mailbox owner, serves the TRANSACTION state, exits.
+
+Runs in: the child process, forked by the supervisor as root.
+
+Life of a child (states asserted as it goes):
+  STARTING  fork the front while still root (chroot needs the privilege),
+            then drop to `user` keeping only CAP_SETUID|CAP_SETGID in the
+            permitted and bounding sets; report SLOT_READY.
+  IDLE      wait for the supervisor's CONNECTION; pass the socket to the
+            front without reading a byte of it.
+  BUSY      wait for the broker's GRANT and the supervisor's
+            STATE_DIR_READY; log what the front sends.
+  OWNER     setgroups([]), setresgid/setresuid to the owner, capabilities
+            cleared and checked; open the mailbox; tell the front.
+  SESSION   take the socket (and any pipelined bytes) from the front and
+            serve until QUIT, timeout or disconnect.
+The child reads nothing from the client before it is the owner, and every
+wait before that is bounded by the login deadline.
+"""
+import enum
+import fcntl
+import os
+import select
+import signal
+import socket
+import stat
+import time
+
+from . import config, front, ipc, limits, logsetup, mbox, privileges, process, proctitle
+from .ipc import Channel, Role
+from .logsetup import log
+from .transaction import ChildSession
+
+
+class ChildState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    OWNER = "owner"
+    SESSION = "session"
+
+
+class MailboxError(Exception):
+    """(RFC 3206 code, client text); the log line is written where raised."""
+
+
+# Log frames a front may send in one session; more are dropped.
+MAX_FRONT_LOG_LINES = 50
+
+
+class Child:
+    def __init__(self, cfg, slot, sup, broker):
+        self.cfg = cfg
+        self.slot = slot
+        self.sup = sup
+        self.broker = broker
+        self.front = None
+        self.front_pid = None
+        self.state = ChildState.STARTING
+        self.peer_ip = None
+        self.front_log_budget = MAX_FRONT_LOG_LINES
+
+    def expect(self, *states):
+        assert self.state in states, f"child in state {self.state}"
+
+    # -- STARTING ------------------------------------------------------------
+    def start(self, front_broker):
+        # Fronts that exit are reaped by the kernel; the supervisor follows
+        # them through a pidfd.
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        ours, theirs = ipc.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            code = 0
+            try:
+                front.run(self.cfg, theirs, front_broker)
+            except BaseException:               # noqa: B902 - last resort
+                log.exception("front: internal error")
+                code = 1
+            os._exit(code)
+        theirs.close()
+        front_broker.close()
+        self.front, self.front_pid = ours, pid
+        cfg = self.cfg
+        privileges.drop_to(cfg.user, cfg.group, keep=privileges.SETID_CAPS)
+        ipc.send(self.sup, "SLOT_READY", front_pid=pid)
+        self.state = ChildState.IDLE
+        proctitle.set_title(proctitle.CHILD_IDLE)
+
+    # -- IDLE ------------------------------------------------------------------
+    def wait_for_connection(self):
+        self.expect(ChildState.IDLE)
+        ready, _, _ = select.select([self.sup, self.front], [], [])
+        if self.front in ready:
+            return False          # front died while idle: the slot is done
+        msg = ipc.recv(self.sup, Channel.SUPERVISOR_CHILD, Role.CHILD)
+        if msg.name != "CONNECTION":
+            raise ipc.Violation(f"{msg.name} while idle")
+        fd = msg.fds[0]
+        try:
+            ipc.send(self.front, "CLIENT", fds=[fd], peer_ip=msg.peer_ip,
+                     peer_port=msg.peer_port, listener=msg.listener, tls=msg.tls)
+        finally:
+            os.close(fd)          # the child keeps no copy of the socket
+        self.peer_ip = msg.peer_ip
+        self.state = ChildState.BUSY
+        proctitle.set_title(proctitle.CHILD_BUSY, peer=msg.peer_ip)
+        return True
+
+    # -- BUSY ----------------------------------------------------------------
+    def wait_for_grant(self):
+        """Until both the grant and the state directory are there, or the
+        front ends (failed login, QUIT, timeout): then None."""
+        self.expect(ChildState.BUSY)
+        deadline = (time.monotonic() + self.cfg.limits.login_deadline
+                    + limits.FRONT_KILL_GRACE)
+        grant, state_uid = None, None
+        while grant is None or state_uid is None:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self.sup, self.broker, self.front],
+                                        [], [], max(0.0, remaining))
+            if not ready:
+                log.warning("child: no grant before the login deadline")
+                return None
+            if self.front in ready and not self.from_front(expect=()):
+                return None
+            if self.broker in ready:
+                msg = ipc.recv(self.broker, Channel.BROKER_CHILD, Role.CHILD)
+                if grant is not None:
+                    raise ipc.Violation("second GRANT")
+                grant = msg
+            if self.sup in ready:
+                msg = ipc.recv(self.sup, Channel.SUPERVISOR_CHILD, Role.CHILD)
+                if msg.name != "STATE_DIR_READY" or state_uid is not None:
+                    raise ipc.Violation(f"{msg.name} while waiting for a grant")
+                state_uid = msg.uid
+        if state_uid != grant.uid:
+            raise ipc.Violation("state directory for another uid")
+        if config.mbox_path(self.cfg.mail.mbox, grant.login) != grant.mbox:
+            raise ipc.Violation("GRANT names a mailbox the template does not")
+        return grant
+
+    def from_front(self, expect):
+        """Handle one frame from the front: LOG is logged, a frame named in
+        `expect` is returned; end of channel returns None."""
+        try:
+            msg = ipc.recv(self.front, Channel.CHILD_FRONT, Role.CHILD)
+        except ipc.Closed:
+            return None
+        except ipc.Violation as e:
+            log.warning("child: bad frame from the front: %s", e)
+            return None
+        if msg.name == "LOG":
+            if self.front_log_budget > 0:
+                self.front_log_budget -= 1
+                log.log(logsetup.level_number(msg.level), "front: %s",
+                        logsetup.sanitize(msg.text, 900))
+            return msg
+        if msg.name in expect:
+            return msg
+        log.warning("child: unexpected %s from the front", msg.name)
+        return None
+
+    # -- OWNER -----------------------------------------------------------------
+    def become_owner(self, grant):
+        mail = self.cfg.mail
+        uids, gids = config.service_ids(self.cfg)
+        privileges.become_owner(grant.uid, grant.gid, mail.first_valid_uid,
+                                mail.first_valid_gid, uids, gids)
+        self.state = ChildState.OWNER
+        proctitle.set_title(proctitle.CHILD_SESSION, user=grant.login,
+                            peer=self.peer_ip)
+
+    def open_mailbox(self, path, uid):
+        """(fd or None for an absent mbox, index).  Opened only now, as the
+        owner, with O_NOFOLLOW: a planted symlink or hard link, or a file
+        owned by someone else, is refused."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NOCTTY
+                         | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None, mbox.MboxIndex()
+        except OSError as e:
+            log.error("mailbox %s: cannot open as uid %d: %s", path, uid,
+                      e.strerror)
+            raise MailboxError("SYS/PERM", "Cannot open the mailbox") from None
+        st = os.fstat(fd)
+        problem = (None if stat.S_ISREG(st.st_mode) else "not a regular file")
+        if problem is None and st.st_uid != uid:
+            problem = f"owned by uid {st.st_uid}, not {uid}"
+        if problem is None and st.st_nlink != 1:
+            problem = f"has {st.st_nlink} hard links"
+        if problem:
+            os.close(fd)
+            log.error("mailbox %s: refused: %s", path, problem)
+            raise MailboxError("SYS/PERM", "Mailbox is not usable")
+        self.lock_shared(fd, path)
+        try:
+            return fd, mbox.scan(fd)
+        except mbox.MboxFormatError as e:
+            log.error("mailbox %s: not an mbox: %s", path, e)
+            raise MailboxError("SYS/PERM", "Mailbox is damaged") from None
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+
+    def lock_shared(self, fd, path):
+        """fcntl read lock (what MDAs respect) for the scan; bounded wait."""
+        deadline = time.monotonic() + limits.MAILBOX_LOCK_WAIT
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return
+            except OSError:
+                if time.monotonic() >= deadline:
+                    log.warning("mailbox %s: still locked after %.0f s",
+                                path, limits.MAILBOX_LOCK_WAIT)
+                    raise MailboxError("IN-USE", "Mailbox is locked") from None
+                time.sleep(0.05)
+
+    # -- SESSION ---------------------------------------------------------------
+    def take_client(self):
+        """Wait for the front's HANDOVER: the socket and pipelined bytes."""
+        deadline = time.monotonic() + limits.FRONT_KILL_GRACE
+        while True:
+            ready, _, _ = select.select([self.front], [], [],
+                                        max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return None
+            msg = self.from_front(expect=("HANDOVER",))
+            if msg is None:
+                return None
+            if msg.name == "HANDOVER":
+                self.state = ChildState.SESSION
+                return socket.socket(fileno=msg.fds[0]), msg.leftover
+
+    def serve(self):
+        if not self.wait_for_connection():
+            return
+        grant = self.wait_for_grant()
+        if grant is None:
+            return
+        self.become_owner(grant)
+        try:
+            fd, index = self.open_mailbox(grant.mbox, grant.uid)
+        except MailboxError as e:
+            code, text = e.args
+            ipc.send(self.front, "MAILBOX_ERR", code=code, text=text)
+            return
+        ipc.send(self.front, "MAILBOX_READY")
+        taken = self.take_client()
+        if taken is None:
+            return
+        sock, leftover = taken
+        started = time.monotonic()
+        session = ChildSession(sock, self.cfg, fd, index, leftover)
+        outcome = session.serve()
+        session.close()
+        log.info('session end: rip=%s, user="%s", retrieved=%d, bytes=%d, '
+                 'duration=%.3f, reason=%s', self.peer_ip,
+                 logsetup.sanitize(grant.login, 64), session.retrieved,
+                 session.bytes_sent, time.monotonic() - started, outcome)
+
+
+def run(cfg, slot, sup_sock, front_broker, child_broker):
+    """Entry point in the freshly forked child (root).  Never returns."""
+    code = 0
+    try:
+        process.after_fork(keep={sup_sock.fileno(), front_broker.fileno(),
+                                 child_broker.fileno()})
+        logsetup.setup(cfg.logging)
+        proctitle.set_title(proctitle.CHILD_IDLE)
+        child = Child(cfg, slot, sup_sock, child_broker)
+        child.start(front_broker)
+        child.serve()
+    except (ipc.Closed, ipc.Violation) as e:
+        log.warning("child: channel problem: %s", e)
+        code = 1
+    except privileges.PrivilegeError as e:
+        log.error("child: %s", e)
+        code = 1
+    except BaseException:                       # noqa: B902 - last resort
+        log.exception("child: internal error")
+        code = 1
+    os._exit(code)

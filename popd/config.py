@@ -1,0 +1,373 @@
+"""popd.yaml: one declaration per key, strict loading, one line per problem.
+
+Runs in: the launcher and the supervisor (which passes the validated,
+immutable result to the processes it forks).
+
+Every key is declared once in KEYS with its type, range, default and help;
+validation, the `--check-config` output and the documentation check in the
+tests all read that table.  YAML is loaded with a safe loader that refuses
+duplicate keys (PyYAML silently keeps the last one, so `user: popd` followed
+by `user: root` would otherwise load as root).
+"""
+import grp
+import ipaddress
+import os
+import pwd
+import types
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import yaml
+
+try:                                    # libyaml is in the PyYAML wheels
+    _BaseLoader = yaml.CSafeLoader
+except AttributeError:                  # pragma: no cover
+    _BaseLoader = yaml.SafeLoader
+
+DEFAULT_PATH = "/etc/popd.yaml"
+REQUIRED = object()
+
+
+class ConfigError(Exception):
+    """Holds every problem found; str() is one line per problem."""
+
+    def __init__(self, problems):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+class Problem(Exception):
+    """One bad value; the validator that raises it names what is allowed."""
+
+
+# -- value types ------------------------------------------------------------
+# Each checker takes the raw YAML value and returns the converted value or
+# raises Problem.  YAML 1.1 turns `no` into False and `0640` into 416, so
+# every checker tests the Python type instead of coercing.
+
+def integer(lo, hi):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise Problem(f"{v!r} is not an integer; allowed: {lo}..{hi}")
+        if not lo <= v <= hi:
+            raise Problem(f"{v} is out of range; allowed: {lo}..{hi}")
+        return v
+    check.doc = f"integer {lo}..{hi}"
+    return check
+
+
+def choice(*allowed):
+    def check(v):
+        if v not in allowed or not isinstance(v, str):
+            raise Problem(f"{v!r} is not allowed; allowed: {', '.join(allowed)}")
+        return v
+    check.doc = " | ".join(allowed)
+    return check
+
+
+def boolean(v):
+    if not isinstance(v, bool):
+        raise Problem(f"{v!r} is not a boolean; allowed: true, false")
+    return v
+boolean.doc = "true | false"
+
+
+def absolute_path(v):
+    if not isinstance(v, str) or not v.startswith("/") or "\0" in v:
+        raise Problem(f"{v!r} is not an absolute path")
+    if os.path.normpath(v) != v.rstrip("/") and v != "/":
+        raise Problem(f"{v!r} is not a normalised path (no '..', '.' or '//')")
+    return v
+absolute_path.doc = "absolute path"
+
+
+def mbox_template(v):
+    """`/var/mail/%u`: `%u` is the login name, `%%` a percent sign."""
+    absolute_path(v)
+    rest = v.replace("%%", "")
+    if "%u" not in rest:
+        raise Problem(f"{v!r} does not contain %u (the login name)")
+    if "%" in rest.replace("%u", ""):
+        raise Problem(f"{v!r} has an unknown % sequence; allowed: %u, %%")
+    if "/" not in v[:v.index("%")].lstrip("/"):
+        # The part before the first % must name a directory other than /,
+        # so that every built path stays under it.
+        raise Problem(f"{v!r} must start with a directory, e.g. /var/mail/%u")
+    return v
+mbox_template.doc = "absolute path containing %u"
+
+
+def _principal(lookup, kind):
+    """A user or group given by name or number; resolved to a number."""
+    def check(v):
+        if isinstance(v, bool):
+            raise Problem(f"{v!r} is not a {kind} name or number")
+        if isinstance(v, int) or (isinstance(v, str) and v.isdigit()):
+            n = int(v)
+            if not 0 <= n < 2**32 - 1:
+                raise Problem(f"{v} is not a valid {kind} id")
+            return n
+        if not isinstance(v, str) or not v:
+            raise Problem(f"{v!r} is not a {kind} name or number")
+        try:
+            return lookup(v)
+        except KeyError:
+            raise Problem(f"{kind} {v!r} does not exist; create it "
+                          f"(scripts/popd-setup) or give a numeric id") from None
+    check.doc = f"{kind} name or numeric id"
+    return check
+
+
+user_id = _principal(lambda n: pwd.getpwnam(n).pw_uid, "user")
+group_id = _principal(lambda n: grp.getgrnam(n).gr_gid, "group")
+
+LISTEN_FIELDS = {"address", "port", "tls"}
+
+
+def listen_list(v):
+    if not isinstance(v, list) or not v:
+        raise Problem("must be a non-empty list of {address, port, tls}")
+    out, seen = [], set()
+    for i, item in enumerate(v):
+        where = f"[{i}]"
+        if not isinstance(item, dict):
+            raise Problem(f"{where}: must be a mapping with address, port, tls")
+        unknown = set(item) - LISTEN_FIELDS
+        if unknown:
+            raise Problem(f"{where}: unknown field {sorted(unknown)[0]!r}; "
+                          f"allowed: address, port, tls")
+        try:
+            addr = ipaddress.ip_address(item.get("address", ""))
+        except ValueError:
+            raise Problem(f"{where}.address: {item.get('address')!r} is not "
+                          f"an IPv4 or IPv6 address literal") from None
+        try:
+            port = integer(1, 65535)(item.get("port"))
+            tls = choice("none", "starttls", "implicit")(item.get("tls", "none"))
+        except Problem as e:
+            raise Problem(f"{where}: {e}") from None
+        if tls != "none":
+            raise Problem(f"{where}.tls: {tls!r} is not available in this "
+                          f"version (TLS is not implemented yet); allowed: none")
+        if (str(addr), port) in seen:
+            raise Problem(f"{where}: {addr} port {port} is listed twice")
+        seen.add((str(addr), port))
+        out.append(types.SimpleNamespace(address=str(addr), port=port,
+                                         tls=tls, family=addr.version))
+    return out
+listen_list.doc = "list of {address, port, tls: none}"
+
+
+# -- the declaration table --------------------------------------------------
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    check: Callable[[Any], Any]
+    default: Any
+    help: str
+    reloadable: bool = True       # applied by SIGHUP without a restart
+
+
+KEYS = [
+    Key("listen", listen_list, REQUIRED,
+        "Sockets to listen on; each address is bound explicitly.", False),
+    Key("user", user_id, "popd",
+        "Children run as this user until they become the mailbox owner.", False),
+    Key("group", group_id, "popd", "Group of the children before login.", False),
+    Key("login_user", user_id, "popd-login",
+        "Fronts (the network-facing, capability-free side) run as this user.",
+        False),
+    Key("login_group", group_id, "popd-login", "Group of the fronts.", False),
+    Key("broker_user", user_id, "popd-auth",
+        "The auth broker runs as this user; it alone reads the passwd file.",
+        False),
+    Key("broker_group", group_id, "popd-auth", "Group of the auth broker.",
+        False),
+    Key("login_chroot", absolute_path, "/run/popd/empty",
+        "Empty root-owned directory the fronts chroot into; created (0755) "
+        "if missing.", False),
+    Key("auth.passwd_file", absolute_path, "/etc/popd/passwd",
+        "Dovecot-format passwd-file: user:{SCHEME}hash:uid:gid::home::"),
+    Key("mail.mbox", mbox_template, "/var/mail/%u",
+        "Path of each user's mbox; %u is the login name."),
+    Key("mail.first_valid_uid", integer(1, 2**32 - 2), 1000,
+        "Never serve a mailbox as a uid below this (and never uid 0)."),
+    Key("mail.first_valid_gid", integer(1, 2**32 - 2), 1000,
+        "Never switch to a gid below this (and never gid 0)."),
+    Key("mail.state_dir", absolute_path, "/var/lib/popd",
+        "Root-owned 0711 directory; popd keeps per-uid 0700 subdirectories "
+        "there.", False),
+    Key("limits.max_children", integer(1, 4096), 64,
+        "Hard cap on pool slots, i.e. connections served at once."),
+    Key("limits.spare_children", integer(0, 256), 4,
+        "Idle pre-forked slots kept ready."),
+    Key("limits.max_per_ip", integer(1, 4096), 8,
+        "Concurrent connections from one IPv4 address or IPv6 /64."),
+    Key("limits.login_deadline", integer(5, 600), 30,
+        "Seconds from the greeting to a completed login."),
+    Key("limits.idle_timeout", integer(10, 86400), 600,
+        "Seconds a logged-in client may stay silent (RFC 1939 asks for at "
+        "least 600)."),
+    Key("limits.max_bad_commands", integer(1, 1000), 10,
+        "Bad commands (unknown, malformed, out of state, overlong) a "
+        "connection may send before it is closed."),
+    Key("limits.shutdown_grace", integer(0, 3600), 10,
+        "Seconds TERM waits for sessions to end before killing them."),
+    Key("logging.target", choice("stderr", "syslog"), "stderr",
+        "Where log lines go (syslog uses facility mail, ident popd)."),
+    Key("logging.level", choice("debug", "info", "warning", "error"), "info",
+        "Least severe level logged."),
+    Key("logging.syslog_address", absolute_path, "/dev/log",
+        "Unix socket of the syslog daemon."),
+    Key("logging.verbose_proctitle", boolean, False,
+        "Show user and client address in process titles (every local user "
+        "can read them)."),
+]
+KEY_INDEX = {k.name: k for k in KEYS}
+SECTIONS = {k.name.split(".")[0] for k in KEYS if "." in k.name}
+
+
+# -- loading ----------------------------------------------------------------
+
+class _StrictLoader(_BaseLoader):
+    """Safe loader that refuses duplicate mapping keys."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.MarkedYAMLError(
+                "duplicate key", key_node.start_mark,
+                f"duplicate key {key!r} (first at line {seen[key]})")
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path):
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 20)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError([f"{path}: {where}: {e.problem or e.context}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of keys"])
+    return data
+
+
+def _flatten(data, problems, path):
+    """{'limits': {'max_children': 3}} -> {'limits.max_children': 3}."""
+    flat = {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                problems.append(f"{path}: {key}: must be a mapping of keys")
+                continue
+            for sub, subvalue in value.items():
+                flat[f"{key}.{sub}"] = subvalue
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def load(path):
+    """Load and validate; returns an immutable namespace or raises ConfigError."""
+    problems = []
+    flat = _flatten(_read_yaml(path), problems, path)
+    values = {}
+    for name, raw in flat.items():
+        key = KEY_INDEX.get(name)
+        if key is None:
+            problems.append(f"{path}: {name}: unknown key; see popd.yaml(5)")
+            continue
+        try:
+            values[name] = key.check(raw)
+        except Problem as e:
+            problems.append(f"{path}: {name}: {e}")
+    for key in KEYS:
+        if key.name in values or key.name in flat:
+            continue
+        if key.default is REQUIRED:
+            problems.append(f"{path}: {key.name}: missing; it is required")
+            continue
+        try:
+            values[key.name] = key.check(key.default)
+        except Problem as e:
+            problems.append(f"{path}: {key.name}: default {key.default!r}: {e}"
+                            f" (set {key.name} explicitly)")
+    if not problems:
+        problems += [f"{path}: {p}" for p in _cross_checks(values)]
+    if problems:
+        raise ConfigError(problems)
+    return _namespace(values, path)
+
+
+def _cross_checks(v):
+    """Rules that involve more than one key."""
+    out = []
+    if v["limits.spare_children"] > v["limits.max_children"]:
+        out.append(f"limits.spare_children: {v['limits.spare_children']} is "
+                   f"more than limits.max_children ({v['limits.max_children']})")
+    if v["limits.max_per_ip"] > v["limits.max_children"]:
+        out.append(f"limits.max_per_ip: {v['limits.max_per_ip']} is more "
+                   f"than limits.max_children ({v['limits.max_children']})")
+    # Three distinct identities: if the front shared a uid with the child or
+    # the broker it could ptrace or signal them.
+    for kind, names in (("user", ("user", "login_user", "broker_user")),
+                        ("group", ("group", "login_group", "broker_group"))):
+        for name in names:
+            if v[name] == 0:
+                out.append(f"{name}: resolves to {kind} id 0 (root); popd "
+                           f"needs an unprivileged {kind}")
+        ids = [v[n] for n in names]
+        if len(set(ids)) != len(ids):
+            out.append(f"{', '.join(names)}: must be three different "
+                       f"{kind}s (got ids {ids})")
+    return out
+
+
+def _namespace(values, path):
+    root = {"path": path}
+    for name, value in values.items():
+        section, _, leaf = name.rpartition(".")
+        target = root.setdefault(section, {}) if section else root
+        target[leaf] = value
+    sections = {k: types.SimpleNamespace(**v) for k, v in root.items()
+                if isinstance(v, dict)}
+    plain = {k: v for k, v in root.items() if not isinstance(v, dict)}
+    return types.SimpleNamespace(**plain, **sections)
+
+
+def mbox_path(template, login):
+    """The mailbox path for a login, or None if it would leave the
+    template's directory.  Built by the broker and rebuilt by the child,
+    which refuses a grant whose path differs."""
+    if not login or "/" in login or "\0" in login or login.startswith("."):
+        return None
+    path = template.replace("%%", "\0").replace("%u", login).replace("\0", "%")
+    base = template[:template.index("%")].rsplit("/", 1)[0]
+    if os.path.normpath(path) != path or not path.startswith(base + "/"):
+        return None
+    return path
+
+
+def service_ids(cfg):
+    """The uids and gids of popd's own service users: never a grant target."""
+    return ({cfg.user, cfg.login_user, cfg.broker_user},
+            {cfg.group, cfg.login_group, cfg.broker_group})

@@ -1,0 +1,274 @@
+"""The whole IPC vocabulary, strict framing and fd passing; no policy.
+
+Runs in: every process.  Each pair of processes talks over its own
+AF_UNIX SOCK_SEQPACKET socketpair made by the supervisor (or, for the
+child-front pair, by the child).  A peer's identity is which socketpair a
+frame arrived on; SO_PEERCRED on a socketpair names its creator, not the
+peer, so it proves nothing.
+
+    frame = version u8 | type u8 | length u16 | fields        (<= 4096 bytes)
+    field = length u16 | bytes                                 (checked first)
+
+Every message is declared once in MESSAGES with the channel it travels on,
+the role that sends it, its fields and how many fds ride with it.  recv()
+checks all of that and decodes to the last byte; anything else raises
+Violation and the caller closes the channel.  Which messages are valid in
+which *state* is the receiver's business (broker.py, child.py, ...).
+
+SEQPACKET traps (measured, DESIGN.md): recv(n) silently truncates a longer
+datagram, so we read max+1 and refuse MSG_TRUNC; ancillary space offered on
+a channel that expects no fds lets the peer push fds into us, so it is
+offered only where a message of that channel carries fds, and extra or
+unexpected fds are closed.
+"""
+import array
+import enum
+import socket
+import struct
+from dataclasses import dataclass
+
+from . import limits
+
+VERSION = 1
+_HEADER = struct.Struct("!BBH")
+_FIELD_LEN = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
+class Channel(enum.Enum):
+    SUPERVISOR_CHILD = "supervisor-child"
+    SUPERVISOR_BROKER = "supervisor-broker"
+    BROKER_FRONT = "broker-front"
+    BROKER_CHILD = "broker-child"
+    CHILD_FRONT = "child-front"
+
+
+class Role(enum.Enum):
+    SUPERVISOR = "supervisor"
+    BROKER = "broker"
+    CHILD = "child"
+    FRONT = "front"
+
+
+class Violation(Exception):
+    """The peer sent something outside the vocabulary; close the channel."""
+
+
+class Closed(Exception):
+    """The peer closed the channel (or sent an empty datagram, which reads
+    the same; either way the channel is finished)."""
+
+
+# Field kinds: ("u32",) or ("str", max_bytes) or ("bytes", max_bytes).
+U32 = ("u32",)
+
+
+def STR(n):
+    return ("str", n)
+
+
+def BYTES(n):
+    return ("bytes", n)
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    code: int
+    channel: Channel
+    sender: Role
+    fields: tuple
+    fds: int = 0
+
+
+_C, _R = Channel, Role
+MESSAGES = [
+    # supervisor <-> child: slot life cycle
+    Spec("SLOT_READY", 1, _C.SUPERVISOR_CHILD, _R.CHILD, (("front_pid", U32),)),
+    Spec("CONNECTION", 2, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
+         (("peer_ip", STR(64)), ("peer_port", U32), ("listener", STR(80)),
+          ("tls", STR(16))), fds=1),
+    Spec("STATE_DIR_READY", 4, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
+         (("uid", U32),)),
+    # supervisor <-> broker: channel registration, grants for the state dir
+    Spec("CHANNELS_NEW", 6, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
+         (("slot", U32),), fds=2),
+    Spec("CHANNEL_BIND", 8, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
+         (("slot", U32), ("peer_ip", STR(64)))),
+    Spec("BROKER_READY", 5, _C.SUPERVISOR_BROKER, _R.BROKER, ()),
+    Spec("GRANTED", 9, _C.SUPERVISOR_BROKER, _R.BROKER,
+         (("slot", U32), ("uid", U32), ("gid", U32))),
+    # front <-> broker: one request at a time, one answer each
+    Spec("AUTH_REQUEST", 10, _C.BROKER_FRONT, _R.FRONT,
+         (("authzid", STR(limits.MAX_LOGIN)), ("authcid", STR(limits.MAX_LOGIN)),
+          ("secret", BYTES(limits.MAX_SECRET)), ("method", STR(16)))),
+    Spec("AUTH_OK", 11, _C.BROKER_FRONT, _R.BROKER, ()),
+    Spec("AUTH_FAIL", 13, _C.BROKER_FRONT, _R.BROKER, (("code", STR(16)),)),
+    # broker -> child: the one grant
+    Spec("GRANT", 15, _C.BROKER_CHILD, _R.BROKER,
+         (("login", STR(limits.MAX_LOGIN)), ("uid", U32), ("gid", U32),
+          ("mbox", STR(1024)))),
+    # child <-> front
+    Spec("CLIENT", 17, _C.CHILD_FRONT, _R.CHILD,
+         (("peer_ip", STR(64)), ("peer_port", U32), ("listener", STR(80)),
+          ("tls", STR(16))), fds=1),
+    Spec("MAILBOX_READY", 19, _C.CHILD_FRONT, _R.CHILD, ()),
+    Spec("MAILBOX_ERR", 21, _C.CHILD_FRONT, _R.CHILD,
+         (("code", STR(16)), ("text", STR(200)))),
+    Spec("HANDOVER", 20, _C.CHILD_FRONT, _R.FRONT,
+         (("leftover", BYTES(limits.MAX_FRAME - 64)),), fds=1),
+    Spec("LOG", 22, _C.CHILD_FRONT, _R.FRONT,
+         (("level", U32), ("text", STR(1000)))),
+]
+BY_NAME = {m.name: m for m in MESSAGES}
+BY_CODE = {m.code: m for m in MESSAGES}
+assert len(BY_CODE) == len(MESSAGES)
+
+
+def _max_fds(channel, receiver):
+    """Most fds any message arriving at `receiver` on `channel` carries."""
+    return max((m.fds for m in MESSAGES
+                if m.channel is channel and m.sender is not receiver), default=0)
+
+
+@dataclass
+class Message:
+    name: str
+    fields: dict
+    fds: list
+
+    def __getattr__(self, item):
+        try:
+            return self.fields[item]
+        except KeyError:
+            raise AttributeError(item) from None
+
+
+def socketpair():
+    """A SEQPACKET pair; both ends are close-on-exec (popd never execs)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def encode(name, **values):
+    spec = BY_NAME[name]
+    body = bytearray()
+    for fname, kind in spec.fields:
+        v = values[fname]
+        if kind[0] == "u32":
+            raw = _U32.pack(v)
+        elif kind[0] == "str":
+            raw = v.encode("utf-8")
+        else:
+            raw = bytes(v)
+        if kind[0] != "u32" and len(raw) > kind[1]:
+            raise ValueError(f"{name}.{fname}: {len(raw)} bytes > {kind[1]}")
+        body += _FIELD_LEN.pack(len(raw)) + raw
+    if set(values) != {f for f, _ in spec.fields}:
+        raise ValueError(f"{name}: fields {sorted(values)}")
+    frame = _HEADER.pack(VERSION, spec.code, len(body)) + body
+    if len(frame) > limits.MAX_FRAME:
+        raise ValueError(f"{name}: frame of {len(frame)} bytes")
+    return frame
+
+
+def send(sock, name, fds=(), **values):
+    """Send one frame; never blocks (a peer that stops reading is a dead
+    peer: BlockingIOError propagates as OSError to the caller)."""
+    frame = encode(name, **values)
+    spec = BY_NAME[name]
+    if len(fds) != spec.fds:
+        raise ValueError(f"{name} carries {spec.fds} fds, not {len(fds)}")
+    anc = []
+    if fds:
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+    sock.sendmsg([frame], anc, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+
+
+def recv(sock, channel, receiver):
+    """Read and validate one frame sent to `receiver` on `channel`."""
+    nfds = _max_fds(channel, receiver)
+    ancsize = socket.CMSG_SPACE(nfds * 4) if nfds else 0
+    try:
+        data, anc, flags, _ = sock.recvmsg(limits.MAX_FRAME + 1, ancsize)
+    except (BlockingIOError, InterruptedError):
+        raise
+    except OSError as e:
+        raise Closed(str(e)) from None
+    fds = _collect_fds(anc)
+    try:
+        if not data:
+            raise Closed("end of channel")
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            raise Violation("truncated frame or control data")
+        msg = decode(data, channel, receiver)
+        if len(fds) != BY_NAME[msg.name].fds:
+            raise Violation(f"{msg.name} with {len(fds)} fds")
+    except (Closed, Violation):
+        for fd in fds:
+            _close(fd)
+        raise
+    msg.fds = fds
+    return msg
+
+
+def decode(data, channel, receiver):
+    if len(data) < _HEADER.size:
+        raise Violation(f"short frame ({len(data)} bytes)")
+    version, code, length = _HEADER.unpack_from(data)
+    if version != VERSION:
+        raise Violation(f"version {version}")
+    if length != len(data) - _HEADER.size:
+        raise Violation(f"length field {length} for {len(data)} bytes")
+    spec = BY_CODE.get(code)
+    if spec is None:
+        raise Violation(f"unknown type {code}")
+    if spec.channel is not channel or spec.sender is receiver:
+        raise Violation(f"{spec.name} is not valid on {channel.value} "
+                        f"towards {receiver.value}")
+    pos, fields = _HEADER.size, {}
+    for fname, kind in spec.fields:
+        if pos + 2 > len(data):
+            raise Violation(f"{spec.name}.{fname} missing")
+        (n,) = _FIELD_LEN.unpack_from(data, pos)
+        pos += 2
+        if pos + n > len(data):
+            raise Violation(f"{spec.name}.{fname} runs past the frame")
+        raw = data[pos:pos + n]
+        pos += n
+        if kind[0] == "u32":
+            if n != 4:
+                raise Violation(f"{spec.name}.{fname}: u32 of {n} bytes")
+            fields[fname] = _U32.unpack(raw)[0]
+            continue
+        if n > kind[1]:
+            raise Violation(f"{spec.name}.{fname}: {n} bytes > {kind[1]}")
+        if kind[0] == "str":
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Violation(f"{spec.name}.{fname}: not UTF-8") from None
+            if "\0" in text:
+                raise Violation(f"{spec.name}.{fname}: NUL")
+            fields[fname] = text
+        else:
+            fields[fname] = raw
+    if pos != len(data):
+        raise Violation(f"{spec.name}: {len(data) - pos} trailing bytes")
+    return Message(spec.name, fields, [])
+
+
+def _collect_fds(anc):
+    fds = []
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
+            fds.extend(arr)
+    return fds
+
+
+def _close(fd):
+    try:
+        socket.close(fd)
+    except OSError:
+        pass

@@ -1,0 +1,53 @@
+"""Every fixed number in popd, each with the RFC or the threat it answers.
+
+Runs in: all processes.  Numbers an operator may tune live in config.py
+(with their defaults and ranges); the ones here are protocol facts or
+internal bounds that no site should need to change.
+"""
+
+# RFC 2449 section 4: a command line may be up to 255 octets including CRLF.
+MAX_COMMAND_LINE = 255
+# RFC 2449 section 4 / RFC 5034: responses, including CRLF, are at most 512
+# octets.  Every reply popd writes is checked against this.
+MAX_RESPONSE_LINE = 512
+# RFC 5034: a SASL response line may be longer than a command (base64 of
+# authzid NUL authcid NUL password); 2 KiB bounds it.
+MAX_SASL_LINE = 2048
+# Longest login name and password accepted from a client.  Dovecot's
+# passwd-file allows more, but nobody types a 1 KiB password into a mail
+# client, and the bound keeps hashing cost predictable.
+MAX_LOGIN = 64
+MAX_SECRET = 1024
+
+# IPC (DESIGN.md "IPC"): one frame per SEQPACKET datagram, never larger.
+MAX_FRAME = 4096
+
+# The supervisor reads nothing from clients; the canned refusal is all it
+# ever writes to one.  RFC 3206 [SYS/TEMP]: try again later.
+REFUSAL_LINE = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+
+# Connections admitted but waiting for a free slot (a slot is being forked):
+# bounded so a burst cannot grow the supervisor's memory.
+MAX_PENDING_CONNECTIONS = 256
+
+# Crash-loop back-off for slots that die before serving anyone:
+# first retry after 0.1 s, doubling, capped at 10 s.
+SPAWN_BACKOFF_MIN = 0.1
+SPAWN_BACKOFF_MAX = 10.0
+# At most this many slots are forked per main-loop turn, so a mass exit
+# cannot make the supervisor spend a long stretch forking instead of
+# admitting clients.
+SPAWN_BURST = 8
+
+# Grace after the login deadline before the supervisor SIGKILLs a front that
+# did not end its own connection: the front enforces the deadline itself;
+# this is the backstop for a front that has been subverted.
+FRONT_KILL_GRACE = 5.0
+
+# Broker: login attempts (USER/PASS pairs, AUTH exchanges) allowed on one
+# connection before the broker closes that front's channel.
+MAX_AUTH_ATTEMPTS_PER_CONNECTION = 3
+
+# mbox: the child waits this long for the fcntl lock before answering
+# [IN-USE] to PASS.
+MAILBOX_LOCK_WAIT = 10.0

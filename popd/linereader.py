@@ -1,0 +1,96 @@
+"""The one place client bytes enter popd.
+
+Runs in: the front (before login) and the child (after login).
+
+A LineReader hands out one command line at a time.  It never holds more
+than one receive buffer plus one line: an overlong line is answered once
+(the caller sees OVERLONG) and the rest of it is read and thrown away up to
+its LF without being stored.  Every read is bounded by an absolute
+deadline (the total login deadline before login, the idle timeout after),
+so a client trickling a byte at a time cannot hold a process past it.
+"""
+import select
+import time
+
+RECV_SIZE = 4096
+OVERLONG = object()          # sentinel: the line was too long and was drained
+
+
+class Timeout(Exception):
+    """The deadline passed before a full line arrived."""
+
+
+class Disconnected(Exception):
+    """The client closed the connection or the socket failed."""
+
+
+def wait_readable(sock, deadline):
+    """Block until sock has data or the deadline passes (TLS sockets may
+    already hold decrypted bytes: pending() is checked first)."""
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
+        return
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise Timeout()
+    ready, _, _ = select.select([sock], [], [], remaining)
+    if not ready:
+        raise Timeout()
+
+
+class LineReader:
+    def __init__(self, sock, max_line, initial=b""):
+        self.sock = sock
+        self.max_line = max_line
+        self.buf = bytearray(initial)
+
+    def _recv(self, deadline):
+        while True:
+            wait_readable(self.sock, deadline)
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as e:
+                raise Disconnected(str(e)) from None
+            if not data:
+                raise Disconnected("end of stream")
+            return data
+
+    def read_line(self, deadline, max_line=None):
+        """The next line without its CRLF (or bare LF), or OVERLONG."""
+        limit = max_line or self.max_line
+        while True:
+            end = self.buf.find(b"\n")
+            if end >= 0:
+                if end + 1 > limit:
+                    del self.buf[:end + 1]
+                    return OVERLONG
+                line = bytes(self.buf[:end])
+                del self.buf[:end + 1]
+                return line[:-1] if line.endswith(b"\r") else line
+            if len(self.buf) >= limit:
+                self._drain(deadline)
+                return OVERLONG
+            self.buf += self._recv(deadline)
+
+    def _drain(self, deadline):
+        """Discard the rest of an overlong line, up to and including its LF."""
+        self.buf.clear()
+        while True:
+            data = self._recv(deadline)
+            end = data.find(b"\n")
+            if end >= 0:
+                self.buf += data[end + 1:]
+                return
+
+    def take_buffered(self):
+        """Bytes read but not yet consumed (handed over with the socket)."""
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
+
+    def discard_buffered(self):
+        """Drop bytes read but not consumed (after STLS: RFC 2595, and
+        CVE-2011-0411's command injection)."""
+        self.buf.clear()

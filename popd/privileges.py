@@ -1,0 +1,180 @@
+"""The only code in popd that changes credentials.
+
+Runs in: the broker, each child and each front, right after they are
+forked (as root), and in the child once more at the grant.
+
+Capabilities and prctl are reached through ctypes (about forty lines;
+python-prctl needs libcap headers to build).  Every drop ends with a
+self-check through capget/getresuid/getgroups rather than /proc, because a
+front is chrooted where /proc does not exist; a check that fails raises
+PrivilegeError and the caller exits: a process that is not what it should
+be must not go on.
+"""
+import ctypes
+import os
+import resource
+
+CAP_SETGID = 6
+CAP_SETUID = 7
+SETID_CAPS = (1 << CAP_SETGID) | (1 << CAP_SETUID)
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
+_PR_GET_DUMPABLE = 3
+_PR_SET_KEEPCAPS = 8
+_PR_CAPBSET_READ = 23
+_PR_CAPBSET_DROP = 24
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_GET_NO_NEW_PRIVS = 39
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAP_VERSION_3 = 0x20080522
+
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong, ctypes.c_ulong]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+with open("/proc/sys/kernel/cap_last_cap") as _f:    # read while /proc exists
+    CAP_LAST = int(_f.read())
+
+
+class PrivilegeError(Exception):
+    """A credential change failed or its self-check did not hold."""
+
+
+def _prctl(option, arg2=0, arg3=0):
+    result = _libc.prctl(option, arg2, arg3, 0, 0)
+    if result < 0:
+        raise PrivilegeError(f"prctl({option}): "
+                             f"{os.strerror(ctypes.get_errno())}")
+    return result
+
+
+def capget():
+    """(effective, permitted, inheritable) as 64-bit masks."""
+    head = _CapHeader(_CAP_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc.capget(ctypes.byref(head), data) < 0:
+        raise PrivilegeError(f"capget: {os.strerror(ctypes.get_errno())}")
+    join = lambda f: getattr(data[0], f) | (getattr(data[1], f) << 32)
+    return join("effective"), join("permitted"), join("inheritable")
+
+
+def capset(effective, permitted, inheritable=0):
+    head = _CapHeader(_CAP_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        data[i].effective = (effective >> (32 * i)) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> (32 * i)) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> (32 * i)) & 0xFFFFFFFF
+    if _libc.capset(ctypes.byref(head), data) < 0:
+        raise PrivilegeError(f"capset: {os.strerror(ctypes.get_errno())}")
+
+
+def bounding_set():
+    return sum(1 << c for c in range(CAP_LAST + 1) if _prctl(_PR_CAPBSET_READ, c))
+
+
+def set_child_subreaper():
+    """Orphaned fronts are re-parented to the supervisor, which reaps them."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def die_with_parent(sig):
+    _prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def _harden():
+    """Settings every dropped process shares: no core files (they would hold
+    passwords or mail), no ambient capabilities, no privilege gain through
+    exec, not dumpable (so same-uid processes cannot ptrace it)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(_PR_SET_DUMPABLE, 0)
+
+
+def drop_to(uid, gid, keep=0):
+    """From root to uid/gid with no groups, keeping only `keep` in the
+    permitted and bounding sets (never effective).  Used by the broker and
+    the front (keep=0) and by the child (keep=SETUID|SETGID)."""
+    if os.geteuid() != 0:
+        raise PrivilegeError("drop_to must start as root")
+    if uid == 0 or gid == 0:
+        raise PrivilegeError(f"refusing to drop to uid {uid} gid {gid}")
+    for cap in range(CAP_LAST + 1):            # needs CAP_SETPCAP: still root
+        if not keep & (1 << cap):
+            _prctl(_PR_CAPBSET_DROP, cap)
+    os.setgroups([])
+    _prctl(_PR_SET_KEEPCAPS, 1 if keep else 0)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    _prctl(_PR_SET_KEEPCAPS, 0)
+    capset(0, keep)
+    _harden()
+    check(uid, gid, permitted=keep, bounding=keep)
+
+
+def sandbox_front(root, uid, gid):
+    """The front: chroot into an empty directory, then no capabilities at
+    all.  chroot needs CAP_SYS_CHROOT, so it comes before the drop."""
+    os.chroot(root)
+    os.chdir("/")
+    drop_to(uid, gid, keep=0)
+
+
+def become_owner(uid, gid, first_valid_uid, first_valid_gid, forbidden_uids,
+                 forbidden_gids):
+    """The child at the grant: from the pool user to the mailbox owner,
+    then no capabilities; proved by trying to get the old uid back."""
+    if uid == 0 or uid < first_valid_uid or uid in forbidden_uids:
+        raise PrivilegeError(f"refusing to switch to uid {uid}")
+    if gid == 0 or gid < first_valid_gid or gid in forbidden_gids:
+        raise PrivilegeError(f"refusing to switch to gid {gid}")
+    previous = os.getuid()
+    capset(SETID_CAPS, SETID_CAPS)
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    # A change between two non-zero uids keeps the capability sets
+    # (capabilities(7)), so they are cleared by hand.
+    capset(0, 0)
+    check(uid, gid, permitted=0, bounding=SETID_CAPS)
+    for target in (previous, 0):
+        try:
+            os.setresuid(target, target, target)
+        except PermissionError:
+            continue
+        raise PrivilegeError(f"uid {target} could be regained")
+
+
+def check(uid, gid, permitted, bounding):
+    """Raise unless the process is exactly uid/gid, no groups, the given
+    permitted/bounding sets, nothing effective, no_new_privs, not dumpable."""
+    eff, prm, inh = capget()
+    facts = {
+        "uids": (os.getresuid(), (uid, uid, uid)),
+        "gids": (os.getresgid(), (gid, gid, gid)),
+        "groups": (os.getgroups(), []),
+        "effective": (eff, 0),
+        "permitted": (prm, permitted),
+        "inheritable": (inh, 0),
+        "bounding": (bounding_set(), bounding),
+        "no_new_privs": (_prctl(_PR_GET_NO_NEW_PRIVS), 1),
+        "dumpable": (_prctl(_PR_GET_DUMPABLE), 0),
+    }
+    wrong = [f"{k}={got!r} (want {want!r})" for k, (got, want) in facts.items()
+             if got != want]
+    if wrong:
+        raise PrivilegeError("credential self-check failed: " + ", ".join(wrong))

@@ -1,0 +1,423 @@
+"""The supervisor: the root loop.  Binds, admits, forks, reaps, stops.
+
+Runs in: the supervisor (uid 0), the only process that keeps privileges.
+
+It never reads a byte a client sent: it accepts, decides from the peer
+address alone (admission.py), and passes the socket to an idle slot's
+child with SCM_RIGHTS.  Signal handlers only record the signal; the
+wakeup fd only wakes the loop and its bytes are never interpreted (after
+a fork any process could write to it).  Processes are followed through
+pidfds, so a slot counts as taken until its child AND its front are gone;
+fronts orphaned by their child are re-parented here (child subreaper) and
+reaped by the same waitpid loop.
+"""
+import collections
+import gc
+import os
+import select
+import selectors
+import signal
+import time
+
+from . import (admission, broker, child, ipc, limits, listeners, privileges,
+               proctitle, trusted_files)
+from .config import service_ids
+from .ipc import Channel, Role
+from .logsetup import log
+from .pool import Pool, Slot, SlotState
+
+BROKER_START_TIMEOUT = 60.0
+SLOT_START_TIMEOUT = 30.0
+
+
+class StartupError(Exception):
+    pass
+
+
+class Supervisor:
+    def __init__(self, cfg, sockets):
+        self.cfg = cfg
+        self.sockets = sockets              # [(listen config, socket)]
+        self.pool = Pool()
+        self.admission = admission.Admission(cfg.limits.max_children,
+                                             cfg.limits.max_per_ip)
+        self.pending = collections.deque()  # (sock, ip, port, listen, key, since)
+        self.sel = selectors.DefaultSelector()
+        self.signals = set()
+        self.stopping = False
+        self.stop_deadline = None
+        self.broker_sock = self.broker_pid = self.broker_pidfd = None
+        self.service_uids, self.service_gids = service_ids(cfg)
+
+    # -- start-up ------------------------------------------------------------
+    def start(self):
+        proctitle.set_title(proctitle.SUPERVISOR)
+        privileges.set_child_subreaper()
+        self.setup_signals()
+        self.fork_broker()
+        # Everything allocated so far is shared copy-on-write with every
+        # slot; freezing keeps the collector from touching (and so
+        # copying) those pages in the children.
+        gc.collect()
+        gc.freeze()
+        for listen, sock in self.sockets:
+            self.sel.register(sock, selectors.EVENT_READ, (self.on_accept, listen))
+        log.info("ready: listening on %s; max_children=%d, spare_children=%d",
+                 ", ".join(listeners.label(l) for l, _ in self.sockets),
+                 self.cfg.limits.max_children, self.cfg.limits.spare_children)
+
+    def setup_signals(self):
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wakeup_r = r
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, lambda signum, frame: self.signals.add(signum))
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self.sel.register(r, selectors.EVENT_READ, (self.on_wakeup, None))
+
+    def fork_broker(self):
+        ours, theirs = ipc.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            code = 0
+            try:
+                broker.run(self.cfg, theirs)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:               # noqa: B902 - last resort
+                log.exception("auth broker: internal error")
+                code = 1
+            os._exit(code)
+        theirs.close()
+        self.broker_sock, self.broker_pid = ours, pid
+        self.broker_pidfd = os.pidfd_open(pid)
+        ready, _, _ = select.select([ours], [], [], BROKER_START_TIMEOUT)
+        try:
+            msg = ipc.recv(ours, Channel.SUPERVISOR_BROKER, Role.SUPERVISOR) \
+                if ready else None
+        except (ipc.Closed, ipc.Violation):
+            msg = None
+        if msg is None or msg.name != "BROKER_READY":
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise StartupError("the auth broker did not start (see the "
+                               "message above)")
+        self.sel.register(ours, selectors.EVENT_READ, (self.on_broker, None))
+        self.sel.register(self.broker_pidfd, selectors.EVENT_READ,
+                          (self.on_broker_exit, None))
+
+    # -- the loop ------------------------------------------------------------
+    def run(self):
+        while not (self.stopping and not self.pool.slots):
+            if not self.stopping:
+                self.spawn_slots()
+            for key, _ in self.sel.select(self.next_timeout()):
+                callback, arg = key.data
+                callback(arg)
+            self.handle_signals()
+            self.enforce_deadlines()
+        self.stop_broker()
+        log.info("stopped")
+        return 0
+
+    def next_timeout(self):
+        waits = [1.0]
+        if self.pool.next_spawn > time.monotonic():
+            waits.append(self.pool.next_spawn - time.monotonic())
+        return max(0.01, min(waits))
+
+    def on_wakeup(self, _):
+        try:
+            while os.read(self.wakeup_r, 512):
+                pass                  # only a wake-up: the bytes mean nothing
+        except BlockingIOError:
+            pass
+
+    def handle_signals(self):
+        signals, self.signals = self.signals, set()
+        if signal.SIGCHLD in signals:
+            self.reap()
+        if signals & {signal.SIGTERM, signal.SIGINT} and not self.stopping:
+            self.begin_stop()
+        if signal.SIGHUP in signals:
+            log.warning("SIGHUP: reloading is not supported yet; restart "
+                        "popd to apply configuration changes")
+
+    # -- admission and hand-over -----------------------------------------------
+    def on_accept(self, listen):
+        sock = dict((id(l), s) for l, s in self.sockets)[id(listen)]
+        for _ in range(64):                    # bounded work per wake-up
+            try:
+                conn, addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:               # EMFILE and friends: log, go on
+                log.error("accept on %s: %s", listeners.label(listen), e.strerror)
+                return
+            ip, port = addr[0], addr[1]
+            key = self.admission.admit(ip)
+            if key is None or len(self.pending) >= limits.MAX_PENDING_CONNECTIONS:
+                if key is not None:
+                    self.admission.release(key)
+                log.info("refused: rip=%s, reason=limit", ip)
+                admission.refuse(conn)
+                continue
+            self.pending.append((conn, ip, port, listen, key, time.monotonic()))
+        self.dispatch_pending()
+
+    def dispatch_pending(self):
+        while self.pending:
+            slot = self.pool.take_idle()
+            if slot is None:
+                return
+            conn, ip, port, listen, key, _ = self.pending.popleft()
+            try:
+                ipc.send(self.broker_sock, "CHANNEL_BIND", slot=slot.id, peer_ip=ip)
+                ipc.send(slot.sock, "CONNECTION", fds=[conn.fileno()], peer_ip=ip,
+                         peer_port=port, listener=listeners.label(listen),
+                         tls=listen.tls)
+            except OSError as e:
+                log.warning("slot %d did not take a connection: %s", slot.id, e)
+                self.kill_slot(slot)
+                self.pending.appendleft((conn, ip, port, listen, key, time.monotonic()))
+                continue
+            conn.close()
+            self.pool.mark_busy(slot, key, ip)
+
+    # -- slots -----------------------------------------------------------------
+    def spawn_slots(self):
+        now = time.monotonic()
+        if not self.pool.may_spawn(now):
+            return
+        limits_ = self.cfg.limits
+        ready = self.pool.count(SlotState.STARTING, SlotState.IDLE)
+        wanted = limits_.spare_children + len(self.pending) - ready
+        room = limits_.max_children - len(self.pool.slots)
+        for _ in range(max(0, min(wanted, room, limits.SPAWN_BURST))):
+            self.spawn_slot()
+
+    def spawn_slot(self):
+        sid = self.pool.new_id()
+        front_broker_b, front_broker_f = ipc.socketpair()
+        child_broker_b, child_broker_c = ipc.socketpair()
+        sup_end, child_end = ipc.socketpair()
+        try:
+            ipc.send(self.broker_sock, "CHANNELS_NEW", slot=sid,
+                     fds=[front_broker_b.fileno(), child_broker_b.fileno()])
+        finally:
+            front_broker_b.close()
+            child_broker_b.close()
+        pid = os.fork()
+        if pid == 0:
+            sup_end.close()
+            child.run(self.cfg, sid, child_end, front_broker_f, child_broker_c)
+        for s in (child_end, front_broker_f, child_broker_c):
+            s.close()
+        slot = Slot(sid, pid, os.pidfd_open(pid), sup_end)
+        self.pool.add(slot)
+        self.sel.register(sup_end, selectors.EVENT_READ, (self.on_slot, slot))
+        self.sel.register(slot.pidfd, selectors.EVENT_READ, (self.on_child_exit, slot))
+
+    def on_slot(self, slot):
+        try:
+            msg = ipc.recv(slot.sock, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR)
+        except (ipc.Closed, ipc.Violation) as e:
+            self.sel.unregister(slot.sock)     # exit is seen through the pidfd
+            if isinstance(e, ipc.Violation):
+                log.warning("slot %d: %s; killing it", slot.id, e)
+                self.kill_slot(slot)
+            return
+        if slot.state is not SlotState.STARTING or slot.front_pid is not None:
+            log.warning("slot %d: SLOT_READY in state %s", slot.id, slot.state.value)
+            self.kill_slot(slot)
+            return
+        if not self.adopt_front(slot, msg.front_pid):
+            log.warning("slot %d: front pid %d is not its child", slot.id,
+                        msg.front_pid)
+            self.kill_slot(slot)
+            return
+        self.pool.mark_idle(slot)
+        self.dispatch_pending()
+
+    def adopt_front(self, slot, pid):
+        """Follow the front through a pidfd, after checking that the pid
+        really is a child of this slot's child."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            ppid = None
+        if ppid != slot.pid:
+            os.close(pidfd)
+            return False
+        slot.front_pid, slot.front_pidfd = pid, pidfd
+        self.sel.register(pidfd, selectors.EVENT_READ, (self.on_front_exit, slot))
+        return True
+
+    def on_child_exit(self, slot):
+        self.sel.unregister(slot.pidfd)
+        os.close(slot.pidfd)
+        slot.pidfd = None
+        self.pool.child_exited(slot)
+        self.reap()
+        if slot.front_pidfd is not None:
+            # The slot is over: its front must not outlive it.
+            signal.pidfd_send_signal(slot.front_pidfd, signal.SIGKILL)
+        self.maybe_forget(slot)
+
+    def on_front_exit(self, slot):
+        self.sel.unregister(slot.front_pidfd)
+        os.close(slot.front_pidfd)
+        slot.front_pidfd = None
+        self.reap()
+        self.maybe_forget(slot)
+
+    def maybe_forget(self, slot):
+        if not slot.gone:
+            return
+        try:
+            self.sel.unregister(slot.sock)
+        except (KeyError, ValueError):
+            pass
+        slot.sock.close()
+        if slot.admission_key is not None:
+            self.admission.release(slot.admission_key)
+        self.pool.remove(slot)
+
+    def kill_slot(self, slot):
+        for pidfd in (slot.pidfd, slot.front_pidfd):
+            if pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def reap(self):
+        """Collect every exited process: children, orphaned fronts, broker."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) != signal.SIGKILL:
+                log.warning("process %d died of signal %d", pid, os.WTERMSIG(status))
+
+    # -- grants ----------------------------------------------------------------
+    def on_broker(self, _):
+        try:
+            msg = ipc.recv(self.broker_sock, Channel.SUPERVISOR_BROKER, Role.SUPERVISOR)
+        except (ipc.Closed, ipc.Violation) as e:
+            log.error("auth broker channel: %s", e)
+            self.sel.unregister(self.broker_sock)
+            return
+        slot = self.pool.slots.get(msg.slot) if msg.name == "GRANTED" else None
+        if slot is None or slot.state is not SlotState.BUSY or slot.granted:
+            log.warning("unexpected %s from the broker", msg.name)
+            return
+        slot.granted = True
+        mail = self.cfg.mail
+        if (msg.uid < mail.first_valid_uid or msg.gid < mail.first_valid_gid
+                or msg.uid in self.service_uids or msg.gid in self.service_gids):
+            log.error("broker granted uid %d gid %d: refused", msg.uid, msg.gid)
+            self.kill_slot(slot)
+            return
+        problem = trusted_files.user_state_directory(mail.state_dir, msg.uid, msg.gid)
+        if problem:
+            log.error("state directory: %s", problem)
+            self.kill_slot(slot)
+            return
+        try:
+            ipc.send(slot.sock, "STATE_DIR_READY", uid=msg.uid)
+        except OSError:
+            self.kill_slot(slot)
+
+    def on_broker_exit(self, _):
+        self.sel.unregister(self.broker_pidfd)
+        self.reap()
+        if self.stopping:
+            return
+        log.error("the auth broker exited; stopping (no login could succeed)")
+        self.exit_code = 1
+        self.begin_stop()
+
+    # -- deadlines and stopping ----------------------------------------------------
+    def enforce_deadlines(self):
+        now = time.monotonic()
+        login_limit = (self.cfg.limits.login_deadline + limits.MAILBOX_LOCK_WAIT
+                       + limits.FRONT_KILL_GRACE)
+        for slot in list(self.pool.slots.values()):
+            if slot.state is SlotState.STARTING and now - slot.started > SLOT_START_TIMEOUT:
+                log.warning("slot %d did not start in time; killing it", slot.id)
+                self.kill_slot(slot)
+            elif (slot.state is SlotState.BUSY and not slot.granted
+                  and now - slot.busy_since > login_limit):
+                log.warning("slot %d: login deadline passed (rip=%s); killing "
+                            "the front and the child", slot.id, slot.peer)
+                self.kill_slot(slot)
+        while self.pending and now - self.pending[0][5] > self.cfg.limits.login_deadline:
+            conn, _, _, _, key, _ = self.pending.popleft()
+            admission.refuse(conn)
+            self.admission.release(key)
+        if self.stopping and now >= self.stop_deadline:
+            for slot in self.pool.slots.values():
+                self.kill_slot(slot)
+
+    def begin_stop(self):
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.cfg.limits.shutdown_grace
+        busy = self.pool.count(SlotState.BUSY)
+        log.info("stopping: %d session(s) may finish within %d s", busy,
+                 self.cfg.limits.shutdown_grace)
+        for listen, sock in self.sockets:
+            self.sel.unregister(sock)
+            sock.close()
+        self.sockets = []
+        while self.pending:
+            conn, _, _, _, key, _ = self.pending.popleft()
+            admission.refuse(conn)
+            self.admission.release(key)
+        for slot in self.pool.slots.values():
+            if slot.state in (SlotState.STARTING, SlotState.IDLE):
+                self.kill_slot(slot)
+
+    def stop_broker(self):
+        if self.broker_pidfd is None:
+            return
+        try:
+            signal.pidfd_send_signal(self.broker_pidfd, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(self.broker_pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def serve(cfg):
+    """Prepare the directories, bind, run; returns the exit code."""
+    problems = [p for p in (
+        trusted_files.root_directory(cfg.mail.state_dir, 0o711),
+        trusted_files.root_directory(cfg.login_chroot, 0o755, must_be_empty=True),
+    ) if p]
+    if problems:
+        raise StartupError("; ".join(problems))
+    sockets = []
+    try:
+        for listen in cfg.listen:
+            sockets.append((listen, listeners.bind(listen)))
+    except listeners.BindError as e:
+        for _, s in sockets:
+            s.close()
+        raise StartupError(str(e)) from None
+    sup = Supervisor(cfg, sockets)
+    sup.exit_code = 0
+    sup.start()
+    sup.run()
+    return sup.exit_code
+

@@ -1,0 +1,46 @@
+"""popd: a privilege-separated POP3 server for Unix."""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"',
+                    (HERE / "popd" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="popd",
+    version=VERSION,
+    description="A secure, privilege-separated POP3 server for Unix mbox spools",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="BSD-2-Clause",
+    python_requires=">=3.11",
+    packages=["popd"],
+    install_requires=[
+        # libpass is the maintained passlib fork and installs the `passlib`
+        # import name; never depend on passlib as well (they overwrite each
+        # other's files).
+        "libpass[bcrypt,argon2]>=1.9.4,<1.10",
+        "bcrypt>=4.1,<6",
+        "argon2-cffi>=23.1,<26",
+        "python-daemon>=3.1.2,<4",
+        "setproctitle>=1.3.3,<2",
+        "PyYAML>=6.0.1,<7",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3",
+                 "hypothesis>=6.100", "trustme>=1.2,<2"],
+    },
+    entry_points={
+        "console_scripts": [
+            "popd=popd.cli:main",
+            "popd-passwd=popd.passwd_cli:main",
+        ],
+    },
+    data_files=[
+        ("share/man/man8", ["man/popd.8", "man/popd-passwd.8"]),
+        ("share/man/man5", ["man/popd.yaml.5"]),
+        ("share/doc/popd/examples", ["etc/popd.yaml"]),
+    ],
+)

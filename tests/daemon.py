@@ -1,0 +1,200 @@
+"""Start the real popd as root on loopback for system tests.
+
+Numeric uids/gids (no useradd needed), a temporary directory for the spool,
+the state directory, the fronts' chroot and the passwd file, and a free
+port.  Processes are found through /proc as descendants of the supervisor.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from popd import passwd
+
+REPO = Path(__file__).resolve().parent.parent
+
+POPD_UID = 60010        # user/group: children before login
+LOGIN_UID = 60011       # login_user/group: fronts
+BROKER_UID = 60012      # broker_user/group
+FIRST_VALID_UID = 61000
+USERS = {               # login -> (password, uid, gid)
+    "alice": ("alice-secret", 61001, 61001),
+    "bob": ("bob pass with spaces", 61002, 61002),
+    "lowuid": ("low-secret", 1001, 1001),
+}
+HASH_ROUNDS = 5000      # fast hashes keep the suite quick; schemes are tested elsewhere
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """One popd instance; use as a context manager."""
+
+    def __init__(self, limits=None, users=USERS, extra=None, listen_host="127.0.0.1"):
+        self.base = Path(tempfile.mkdtemp(prefix="popd-test-", dir="/tmp"))
+        os.chmod(self.base, 0o755)
+        self.spool = self.base / "spool"
+        self.spool.mkdir(mode=0o755)
+        self.port = free_port(listen_host)
+        self.host = listen_host
+        self.passwd_file = self.base / "passwd"
+        lines = []
+        for login, (password, uid, gid) in users.items():
+            stored = passwd.make_hash(password, "SHA512-CRYPT", rounds=HASH_ROUNDS)
+            lines.append(passwd.format_entry(login, stored, uid, gid))
+        self.passwd_file.write_text("\n".join(lines) + "\n")
+        os.chown(self.passwd_file, 0, BROKER_UID)
+        os.chmod(self.passwd_file, 0o640)
+        cfg = {
+            "listen": [{"address": listen_host, "port": self.port, "tls": "none"}],
+            "user": POPD_UID, "group": POPD_UID,
+            "login_user": LOGIN_UID, "login_group": LOGIN_UID,
+            "broker_user": BROKER_UID, "broker_group": BROKER_UID,
+            "login_chroot": str(self.base / "empty"),
+            "auth": {"passwd_file": str(self.passwd_file)},
+            "mail": {"mbox": str(self.spool / "%u"), "state_dir": str(self.base / "state"),
+                     "first_valid_uid": FIRST_VALID_UID, "first_valid_gid": FIRST_VALID_UID},
+            "limits": {"max_children": 8, "spare_children": 2, "max_per_ip": 4,
+                       "shutdown_grace": 5, **(limits or {})},
+            "logging": {"target": "stderr", "level": "debug"},
+        }
+        for key, value in (extra or {}).items():
+            cfg[key] = value
+        self.config = self.base / "popd.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.logfile = self.base / "popd.log"
+        self.proc = None
+
+    # -- mailboxes -----------------------------------------------------------
+    def write_mbox(self, login, data, uid=None):
+        path = self.spool / login
+        path.write_bytes(data)
+        owner = uid if uid is not None else USERS[login][1]
+        os.chown(path, owner, owner)
+        os.chmod(path, 0o600)
+        return path
+
+    # -- life cycle ------------------------------------------------------------
+    def start(self, wait=True):
+        self.log_fh = open(self.logfile, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "popd", "-c", str(self.config), "-f"],
+            stdin=subprocess.DEVNULL, stdout=self.log_fh, stderr=self.log_fh,
+            cwd=REPO, start_new_session=True)
+        if wait:
+            self.wait_for_log("ready:", timeout=30)
+        return self
+
+    def wait_for_log(self, text, timeout=10.0, count=1):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count(text) >= count:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"popd exited {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged within {timeout} s:\n{self.log()}")
+
+    def log(self):
+        return self.logfile.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError(f"popd did not stop on {sig}:\n{self.log()}")
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        try:
+            self.stop()
+        finally:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, AttributeError):
+                pass
+            self.log_fh.close()
+            kill_descendants(self.proc.pid)
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    # -- processes ---------------------------------------------------------------
+    def processes(self):
+        """{pid: title} for the supervisor and all its descendants."""
+        return {pid: title(pid) for pid in descendants(self.proc.pid) | {self.proc.pid}
+                if title(pid)}
+
+    def pids(self, role):
+        return sorted(pid for pid, t in self.processes().items() if t.startswith(f"popd: {role}"))
+
+    def wait_for_pids(self, role, count, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = self.pids(role)
+            if len(pids) == count:
+                return pids
+            time.sleep(0.05)
+        raise AssertionError(f"{count} x {role!r} expected; have {self.processes()}")
+
+
+def title(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def parents():
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+                out[int(entry)] = int(stat.rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def descendants(root):
+    ppid = parents()
+    found, frontier = set(), {root}
+    while frontier:
+        nxt = {pid for pid, parent in ppid.items() if parent in frontier} - found
+        found |= nxt
+        frontier = nxt
+    return found
+
+
+def kill_descendants(root):
+    for pid in descendants(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def status(pid):
+    """/proc/PID/status as a dict of strings."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out

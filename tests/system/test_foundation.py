@@ -1,0 +1,363 @@
+"""The foundation end to end: the real daemon as root, real poplib clients,
+and the privilege story read from /proc of the live processes."""
+import os
+import poplib
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import replies
+from tests.daemon import (BROKER_UID, LOGIN_UID, POPD_UID, USERS, Daemon,
+                          descendants, status)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
+
+SETID_CAPS = "00000000000000c0"
+NO_CAPS = "0000000000000000"
+
+MBOX = (b"From alice@example.org Thu Nov 26 10:00:00 2026\n"
+        b"From: a@example.org\nSubject: one\n\nHello\n.dot line\n\n"
+        b"From bob@example.org Thu Nov 26 11:00:00 2026\n"
+        b"From: b@example.org\nSubject: two\n\n>From quoted\nbye\n\n")
+# Message 1 as sent: "From: a@example.org\r\nSubject: one\r\n\r\nHello\r\n.dot line\r\n"
+OCTETS = [len(b"From: a@example.org\r\nSubject: one\r\n\r\nHello\r\n.dot line\r\n"),
+          len(b"From: b@example.org\r\nSubject: two\r\n\r\n>From quoted\r\nbye\r\n")]
+
+
+@pytest.fixture
+def popd():
+    with Daemon() as d:
+        d.write_mbox("alice", MBOX)
+        yield d
+
+
+def login(d, user="alice", source=None):
+    password = USERS[user][0]
+    if source:
+        sock = socket.create_connection((d.host, d.port), timeout=10,
+                                        source_address=(source, 0))
+        client = poplib.POP3.__new__(poplib.POP3)
+        client.host, client.port, client._tls_established = d.host, d.port, False
+        client.sock, client.file = sock, sock.makefile("rb")
+        client._debugging = 0
+        client.welcome = client._getresp()
+    else:
+        client = poplib.POP3(d.host, d.port, timeout=10)
+    client.user(user)
+    client.pass_(password)
+    return client
+
+
+def connect_raw(d, source="127.0.0.1"):
+    s = socket.create_connection((d.host, d.port), timeout=10, source_address=(source, 0))
+    return s, s.makefile("rb")
+
+
+def test_login_stat_retr_quit(popd):
+    client = poplib.POP3(popd.host, popd.port, timeout=10)
+    assert client.getwelcome() == replies.GREETING
+    client.user("alice")
+    assert client.pass_(USERS["alice"][0]) == replies.LOGGED_IN
+    assert client.stat() == (2, sum(OCTETS))
+    _, listing, _ = client.list()
+    assert listing == [b"1 %d" % OCTETS[0], b"2 %d" % OCTETS[1]]
+    _, lines, _ = client.retr(1)
+    assert lines == [b"From: a@example.org", b"Subject: one", b"", b"Hello", b".dot line"]
+    assert client.quit().startswith(b"+OK")
+    popd.wait_for_log('session end: rip=127.0.0.1, user="alice"')
+
+
+def test_absent_mailbox_is_empty(popd):
+    client = login(popd, "bob")
+    assert client.stat() == (0, 0)
+    client.quit()
+
+
+@pytest.mark.parametrize("user,password", [("alice", "wrong"), ("nosuchuser", "whatever")])
+def test_bad_credentials_same_answer(popd, user, password):
+    client = poplib.POP3(popd.host, popd.port, timeout=10)
+    client.user(user)
+    with pytest.raises(poplib.error_proto) as err:
+        client.pass_(password)
+    assert err.value.args[0] == replies.AUTH_FAILED
+    # The connection goes on: a right password now logs in.
+    client.user("alice")
+    assert client.pass_(USERS["alice"][0]) == replies.LOGGED_IN
+    client.quit()
+    assert "auth failed: rip=127.0.0.1" in popd.log()
+
+
+def test_attempts_per_connection_are_capped(popd):
+    client = poplib.POP3(popd.host, popd.port, timeout=10)
+    answers = []
+    for _ in range(4):
+        client.user("alice")
+        try:
+            client.pass_("wrong")
+        except poplib.error_proto as e:
+            answers.append(e.args[0])
+        except (EOFError, ConnectionError):
+            answers.append(b"closed")
+            break
+    assert answers[:3] == [replies.AUTH_FAILED] * 3
+    assert answers[3] in (replies.TOO_MANY_FAILURES, b"closed")
+
+
+def test_uid_below_first_valid_uid_is_refused(popd):
+    popd.write_mbox("lowuid", MBOX, uid=1001)
+    client = poplib.POP3(popd.host, popd.port, timeout=10)
+    client.user("lowuid")
+    with pytest.raises(poplib.error_proto) as err:
+        client.pass_(USERS["lowuid"][0])
+    assert err.value.args[0].startswith(b"-ERR [SYS/PERM]")
+    assert "uid 1001 is below mail.first_valid_uid" in popd.log()
+
+
+def test_pipelined_commands_after_pass_are_answered(popd):
+    s, f = connect_raw(popd)
+    assert f.readline().startswith(replies.GREETING)
+    s.sendall(b"USER alice\r\nPASS " + USERS["alice"][0].encode() + b"\r\nSTAT\r\nNOOP\r\nQUIT\r\n")
+    answers = [f.readline().rstrip(b"\r\n") for _ in range(5)]
+    assert answers == [b"+OK", replies.LOGGED_IN, b"+OK 2 %d" % sum(OCTETS), b"+OK", b"+OK Bye"]
+    s.close()
+
+
+def test_commands_outside_their_state(popd):
+    s, f = connect_raw(popd)
+    f.readline()
+    s.sendall(b"STAT\r\nPASS x\r\nFOO\r\n")
+    assert [f.readline().rstrip() for _ in range(3)] == [
+        replies.BAD_STATE, b"-ERR Send USER first", replies.UNKNOWN]
+    s.close()
+
+
+def test_overlong_line_is_drained_and_session_goes_on(popd):
+    s, f = connect_raw(popd)
+    f.readline()
+    s.sendall(b"PASS " + b"a" * 5000 + b"\r\nCAPA\r\n")
+    assert f.readline().rstrip() == replies.LINE_TOO_LONG
+    assert f.readline().startswith(b"+OK")
+    s.close()
+
+
+# -- the process model, read from /proc ------------------------------------------
+
+def caps(st):
+    return st["CapPrm"], st["CapEff"], st["CapBnd"]
+
+
+def fd_targets(pid):
+    out = []
+    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        try:
+            out.append((int(fd), os.readlink(f"/proc/{pid}/fd/{fd}")))
+        except OSError:
+            pass
+    return out
+
+
+def tcp_listen_inodes():
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":
+                inodes.add(fields[9])
+    return inodes
+
+
+def socket_kinds(pid):
+    """Counts of what the process's fds are: unix sockets, tcp listeners, ..."""
+    listen = tcp_listen_inodes()
+    unix = {line.split()[6] for line in open("/proc/net/unix").read().splitlines()[1:]}
+    kinds = {}
+    for fd, target in fd_targets(pid):
+        if target.startswith("socket:["):
+            inode = target[8:-1]
+            kind = "listen" if inode in listen else "unix" if inode in unix else "tcp"
+        elif target.startswith("pipe:"):
+            kind = "pipe"
+        elif target.startswith("anon_inode:"):
+            kind = target[len("anon_inode:"):].strip("[]")
+        else:
+            kind = target
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def test_process_table_before_login(popd):
+    popd.wait_for_pids("child idle", 2)
+    sup = popd.proc.pid
+    st = status(sup)
+    assert st["Uid"].split()[0] == "0"
+
+    (broker,) = popd.pids("auth-broker")
+    st = status(broker)
+    assert st["Uid"].split() == [str(BROKER_UID)] * 4
+    assert st["Gid"].split() == [str(BROKER_UID)] * 4
+    assert st["Groups"] == ""
+    assert caps(st) == (NO_CAPS, NO_CAPS, NO_CAPS)
+    assert st["NoNewPrivs"] == "1"
+
+    for child in popd.pids("child idle"):
+        st = status(child)
+        assert st["Uid"].split() == [str(POPD_UID)] * 4
+        assert st["Groups"] == ""
+        assert caps(st) == (SETID_CAPS, NO_CAPS, SETID_CAPS)
+        assert st["NoNewPrivs"] == "1"
+        assert os.stat(f"/proc/{child}/status").st_uid == 0      # not dumpable
+        assert os.readlink(f"/proc/{child}/root") == "/"
+
+    fronts = popd.wait_for_pids("front", 2)
+    for front in fronts:
+        st = status(front)
+        assert st["Uid"].split() == [str(LOGIN_UID)] * 4
+        assert st["Groups"] == ""
+        assert caps(st) == (NO_CAPS, NO_CAPS, NO_CAPS)
+        assert st["NoNewPrivs"] == "1"
+        assert os.stat(f"/proc/{front}/status").st_uid == 0
+        assert os.readlink(f"/proc/{front}/root") == str(popd.base / "empty")
+
+
+def test_fd_lists_of_every_role(popd):
+    popd.wait_for_pids("child idle", 2)
+    fronts = popd.wait_for_pids("front", 2)
+    # Supervisor: the listener, its wakeup pipe, channels.
+    assert socket_kinds(popd.proc.pid).get("listen") == 1
+    (broker,) = popd.pids("auth-broker")
+    # Broker: the supervisor channel and two per slot; nothing else.
+    kinds = socket_kinds(broker)
+    assert kinds.pop("unix") == 1 + 2 * 2
+    assert set(kinds) <= {"/dev/null", "/dev/pts/0", str(popd.logfile)}, kinds
+    for child in popd.pids("child idle"):
+        kinds = socket_kinds(child)
+        assert kinds.pop("unix") == 3          # supervisor, broker, front
+        assert set(kinds) <= {"/dev/null", str(popd.logfile)}, kinds
+    for front in fronts:
+        kinds = socket_kinds(front)
+        assert kinds.pop("unix") == 2          # broker, child
+        assert kinds == {"/dev/null": 3}, kinds
+
+
+def test_logged_in_child(popd):
+    client = login(popd)
+    client.stat()
+    (child,) = popd.wait_for_pids("child session", 1)
+    st = status(child)
+    uid = USERS["alice"][1]
+    assert st["Uid"].split() == [str(uid)] * 4
+    assert st["Gid"].split() == [str(uid)] * 4
+    assert st["Groups"] == ""
+    assert caps(st)[:2] == (NO_CAPS, NO_CAPS)
+    assert st["NoNewPrivs"] == "1"
+    assert os.stat(f"/proc/{child}/status").st_uid == 0
+    kinds = socket_kinds(child)
+    assert kinds.get("tcp") == 1 and "listen" not in kinds and "pipe" not in kinds
+    assert kinds.get("unix") == 1              # only the supervisor channel
+    # The state directory was made for the uid.
+    st_dir = os.stat(popd.base / "state" / str(uid))
+    assert (st_dir.st_uid, stat.S_IMODE(st_dir.st_mode)) == (uid, 0o700)
+    assert stat.S_IMODE(os.stat(popd.base / "state").st_mode) == 0o711
+    client.quit()
+
+
+def test_owner_signalling_its_child_does_not_reach_the_supervisor(popd):
+    client = login(popd)
+    (child,) = popd.wait_for_pids("child session", 1)
+    uid = USERS["alice"][1]
+    pid = os.fork()
+    if pid == 0:                                # as the mailbox owner
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            os.kill(child, signal.SIGHUP)
+            os.kill(child, signal.SIGTERM)
+            try:
+                os.kill(popd.proc.pid, signal.SIGTERM)
+                os._exit(3)                     # must not be allowed
+            except PermissionError:
+                os._exit(0)
+        finally:
+            os._exit(4)
+    assert os.waitpid(pid, 0)[1] == 0
+    with pytest.raises((poplib.error_proto, OSError, EOFError)):
+        client.stat()
+    time.sleep(0.5)
+    assert popd.proc.poll() is None
+    assert "stopping" not in popd.log() and "SIGHUP" not in popd.log()
+    other = login(popd)                          # still serving
+    assert other.stat() == (2, sum(OCTETS))
+    other.quit()
+
+
+def test_connection_caps_refuse_with_canned_line():
+    with Daemon(limits={"max_children": 4, "spare_children": 2, "max_per_ip": 2}) as d:
+        held = []
+        for _ in range(2):
+            s, f = connect_raw(d, "127.0.0.1")
+            assert f.readline().startswith(replies.GREETING)
+            held.append(s)
+        s, f = connect_raw(d, "127.0.0.1")             # max_per_ip + 1
+        assert f.readline().rstrip() == replies.REFUSAL
+        assert f.read() == b""
+        for _ in range(2):
+            s, f = connect_raw(d, "127.0.0.2")
+            assert f.readline().startswith(replies.GREETING)
+            held.append(s)
+        s, f = connect_raw(d, "127.0.0.3")             # max_children + 1
+        assert f.readline().rstrip() == replies.REFUSAL
+        # Another address is served again as soon as a place frees up.
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while True:
+            s, f = connect_raw(d, "127.0.0.3")
+            line = f.readline()
+            if line.startswith(replies.GREETING) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert line.startswith(replies.GREETING)
+        assert len(d.pids("child")) <= 4
+
+
+def test_killed_slot_is_replaced(popd):
+    idle = popd.wait_for_pids("child idle", 2)
+    os.kill(idle[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = popd.pids("child idle")
+        if len(now) == 2 and idle[0] not in now:
+            break
+        time.sleep(0.05)
+    assert len(now) == 2 and idle[0] not in now
+    login(popd).quit()
+
+
+def test_term_stops_everything(popd):
+    client = login(popd)
+    client.stat()
+    pids = descendants(popd.proc.pid)
+    assert pids
+    popd.proc.send_signal(signal.SIGTERM)
+    client.quit()                                # the session may finish
+    assert popd.proc.wait(15) == 0
+    time.sleep(0.2)
+    alive = [p for p in pids if os.path.exists(f"/proc/{p}") and
+             open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+    assert alive == []
+
+
+def test_term_kills_sessions_after_the_grace():
+    with Daemon(limits={"shutdown_grace": 1}) as d:
+        client = login(d, "bob")
+        start = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(15) == 0
+        assert time.monotonic() - start < 5
+        with pytest.raises((poplib.error_proto, OSError, EOFError)):
+            client.stat()

@@ -1,0 +1,107 @@
+"""popd.yaml validation: one line per problem naming key, value, what is allowed."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from popd import config
+
+REPO = Path(__file__).resolve().parents[2]
+GOOD = textwrap.dedent("""\
+    listen:
+      - {address: 127.0.0.1, port: 1110, tls: none}
+    user: 60010
+    group: 60010
+    login_user: 60011
+    login_group: 60011
+    broker_user: 60012
+    broker_group: 60012
+    """)
+
+
+def write(tmp_path, text):
+    path = tmp_path / "popd.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path, text):
+    with pytest.raises(config.ConfigError) as err:
+        config.load(write(tmp_path, text))
+    return err.value.problems
+
+
+def test_good_config_and_defaults(tmp_path):
+    cfg = config.load(write(tmp_path, GOOD))
+    assert cfg.limits.max_children == 64 and cfg.mail.first_valid_uid == 1000
+    assert cfg.listen[0].port == 1110 and cfg.user == 60010
+
+
+def test_duplicate_key_is_an_error(tmp_path):
+    (p,) = problems(tmp_path, GOOD + "user: 0\n")
+    assert "duplicate key 'user'" in p and "line 9" in p
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ("limits: {max_children: 0}", "limits.max_children: 0 is out of range; allowed: 1..4096"),
+    ("limits: {max_children: yes}", "limits.max_children: True is not an integer"),
+    ("limits: {frobnicate: 1}", "limits.frobnicate: unknown key"),
+    ("logging: {target: file}", "logging.target: 'file' is not allowed; allowed: stderr, syslog"),
+    ("logging: {verbose_proctitle: 'no'}", "logging.verbose_proctitle: 'no' is not a boolean"),
+    ("mail: {mbox: /var/mail/user}", "mail.mbox: '/var/mail/user' does not contain %u"),
+    ("mail: {mbox: var/%u}", "mail.mbox: 'var/%u' is not an absolute path"),
+    ("auth: {passwd_file: /etc/../etc/passwd}", "is not a normalised path"),
+    ("limits: {spare_children: 100, max_children: 10}", "limits.spare_children: 100 is more than"),
+])
+def test_bad_values_name_key_value_and_range(tmp_path, extra, expected):
+    found = problems(tmp_path, GOOD + extra + "\n")
+    assert any(expected in p for p in found), found
+
+
+def test_tls_is_refused_until_implemented(tmp_path):
+    text = GOOD.replace("tls: none", "tls: starttls")
+    (p,) = problems(tmp_path, text)
+    assert "listen: [0].tls: 'starttls' is not available" in p
+
+
+def test_root_and_shared_identities_are_refused(tmp_path):
+    found = problems(tmp_path, GOOD.replace("login_user: 60011", "login_user: 0"))
+    assert any("login_user: resolves to user id 0" in p for p in found)
+    found = problems(tmp_path, GOOD.replace("broker_user: 60012", "broker_user: 60010"))
+    assert any("must be three different users" in p for p in found)
+
+
+def test_mbox_path_stays_under_the_template_directory():
+    assert config.mbox_path("/var/mail/%u", "alice") == "/var/mail/alice"
+    assert config.mbox_path("/home/%u/mbox", "bob") == "/home/bob/mbox"
+    for bad in ("../etc", ".hidden", "a/b", "", "x\0y", ".."):
+        assert config.mbox_path("/var/mail/%u", bad) is None
+
+
+def test_check_config_command(tmp_path):
+    good = write(tmp_path, GOOD)
+    run = subprocess.run([sys.executable, "-m", "popd", "-c", str(good), "--check-config"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD + "limits: {max_per_ip: -1, idle_timeout: 'ten'}\n")
+    run = subprocess.run([sys.executable, "-m", "popd", "-c", str(bad), "--check-config"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"popd: {bad}: limits.") for line in lines)
+    assert "Traceback" not in run.stderr
+    run = subprocess.run([sys.executable, "-m", "popd", "--version"], capture_output=True,
+                         text=True, cwd=REPO)
+    assert run.returncode == 0 and run.stdout.startswith("popd ")
+
+
+def test_every_key_is_documented_in_the_man_page_and_example():
+    man = (REPO / "man" / "popd.yaml.5").read_text()
+    example = (REPO / "etc" / "popd.yaml").read_text()
+    for key in config.KEYS:
+        leaf = key.name.split(".")[-1]
+        assert f"Cm {key.name}" in man or f"Cm {leaf}" in man, key.name
+        assert f"{leaf}:" in example, key.name

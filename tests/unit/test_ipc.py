@@ -1,0 +1,92 @@
+"""The IPC vocabulary: strict decoding, truncation, fds where none belong."""
+import os
+import socket
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from popd import ipc, limits
+from popd.ipc import Channel, Role
+
+
+def test_round_trip_with_fd():
+    a, b = ipc.socketpair()
+    r, w = os.pipe()
+    ipc.send(a, "CONNECTION", fds=[r], peer_ip="192.0.2.1", peer_port=110,
+             listener="127.0.0.1:110", tls="none")
+    msg = ipc.recv(b, Channel.SUPERVISOR_CHILD, Role.CHILD)
+    assert msg.name == "CONNECTION" and msg.peer_ip == "192.0.2.1" and msg.peer_port == 110
+    assert len(msg.fds) == 1
+    os.write(w, b"x")
+    assert os.read(msg.fds[0], 1) == b"x"
+    for fd in (r, w, *msg.fds):
+        os.close(fd)
+
+
+def test_wrong_direction_and_channel_are_violations():
+    a, b = ipc.socketpair()
+    ipc.send(a, "AUTH_OK")
+    with pytest.raises(ipc.Violation):
+        ipc.recv(b, Channel.BROKER_FRONT, Role.BROKER)     # AUTH_OK is sent by the broker
+    ipc.send(a, "AUTH_OK")
+    with pytest.raises(ipc.Violation):
+        ipc.recv(b, Channel.CHILD_FRONT, Role.FRONT)       # not a child-front message
+
+
+def test_oversized_datagram_is_refused_not_truncated():
+    a, b = ipc.socketpair()
+    frame = ipc.encode("AUTH_OK")
+    a.send(frame + b"\0" * limits.MAX_FRAME)
+    with pytest.raises(ipc.Violation, match="truncated"):
+        ipc.recv(b, Channel.BROKER_FRONT, Role.FRONT)
+
+
+def test_fds_pushed_on_a_channel_without_fds_are_closed():
+    a, b = ipc.socketpair()
+    r, w = os.pipe()
+    frame = ipc.encode("AUTH_REQUEST", authzid="", authcid="u", secret=b"p", method="PASS")
+    a.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", r))])
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(ipc.Violation):
+        ipc.recv(b, Channel.BROKER_FRONT, Role.BROKER)
+    # No ancillary space was offered: the fd never arrived.
+    assert set(os.listdir("/proc/self/fd")) <= before
+    os.close(r), os.close(w)
+
+
+def test_empty_datagram_reads_as_closed():
+    a, b = ipc.socketpair()
+    a.send(b"")
+    with pytest.raises(ipc.Closed):
+        ipc.recv(b, Channel.BROKER_FRONT, Role.BROKER)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_frames_decode_or_raise_violation(data):
+    for channel in Channel:
+        for role in Role:
+            try:
+                msg = ipc.decode(data, channel, role)
+            except ipc.Violation:
+                continue
+            # Whatever decodes re-encodes to exactly the same bytes.
+            assert ipc.encode(msg.name, **msg.fields) == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=64), st.text(max_size=64), st.binary(max_size=1024))
+def test_auth_request_round_trip(authzid, authcid, secret):
+    if "\0" in authzid + authcid or len(authzid.encode()) > 64 or len(authcid.encode()) > 64:
+        with pytest.raises(ValueError):
+            if "\0" in authzid + authcid:
+                raise ValueError
+            ipc.encode("AUTH_REQUEST", authzid=authzid, authcid=authcid, secret=secret,
+                       method="PASS")
+        return
+    data = ipc.encode("AUTH_REQUEST", authzid=authzid, authcid=authcid, secret=secret,
+                      method="PASS")
+    msg = ipc.decode(data, Channel.BROKER_FRONT, Role.BROKER)
+    assert (msg.authzid, msg.authcid, msg.secret) == (authzid, authcid, secret)
