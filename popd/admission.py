@@ -15,9 +15,11 @@ def address_key(ip):
     """IPv4 addresses count one by one; IPv6 per /64, since one subscriber
     usually holds a whole /64."""
     addr = ipaddress.ip_address(ip)
-    if addr.version == 6 and addr.ipv4_mapped is None:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(addr.ipv4_mapped or addr)
+    if addr.version == 4:
+        return str(addr)
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 class Admission:

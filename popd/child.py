@@ -253,6 +253,10 @@ class Child:
         if taken is None:
             return
         sock, leftover = taken
+        # From here on only the client and the mailbox matter: the channels
+        # to the broker and the (exited) front are closed.
+        self.broker.close()
+        self.front.close()
         started = time.monotonic()
         session = ChildSession(sock, self.cfg, fd, index, leftover)
         outcome = session.serve()

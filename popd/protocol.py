@@ -103,7 +103,7 @@ class Session:
     # -- output -------------------------------------------------------------
     def reply(self, ok, text, code=None):
         status = "+OK" if ok else "-ERR"
-        line = f"{status} [{code}] {text}" if code else f"{status} {text}"
+        line = " ".join(x for x in (status, f"[{code}]" if code else "", text) if x)
         data = line.encode("ascii") + b"\r\n"
         assert len(data) <= limits.MAX_RESPONSE_LINE, line
         self.out += data

@@ -150,10 +150,10 @@ class Supervisor:
             try:
                 conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as e:               # EMFILE and friends: log, go on
                 log.error("accept on %s: %s", listeners.label(listen), e.strerror)
-                return
+                break
             ip, port = addr[0], addr[1]
             key = self.admission.admit(ip)
             if key is None or len(self.pending) >= limits.MAX_PENDING_CONNECTIONS:
@@ -264,9 +264,8 @@ class Supervisor:
         slot.pidfd = None
         self.pool.child_exited(slot)
         self.reap()
-        if slot.front_pidfd is not None:
-            # The slot is over: its front must not outlive it.
-            signal.pidfd_send_signal(slot.front_pidfd, signal.SIGKILL)
+        # The slot is over: its front must not outlive it.
+        send_signal(slot.front_pidfd, signal.SIGKILL)
         self.maybe_forget(slot)
 
     def on_front_exit(self, slot):
@@ -289,12 +288,8 @@ class Supervisor:
         self.pool.remove(slot)
 
     def kill_slot(self, slot):
-        for pidfd in (slot.pidfd, slot.front_pidfd):
-            if pidfd is not None:
-                try:
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        send_signal(slot.pidfd, signal.SIGKILL)
+        send_signal(slot.front_pidfd, signal.SIGKILL)
 
     def reap(self):
         """Collect every exited process: children, orphaned fronts, broker."""
@@ -387,16 +382,22 @@ class Supervisor:
                 self.kill_slot(slot)
 
     def stop_broker(self):
-        if self.broker_pidfd is None:
-            return
-        try:
-            signal.pidfd_send_signal(self.broker_pidfd, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        send_signal(self.broker_pidfd, signal.SIGTERM)
         try:
             os.waitpid(self.broker_pid, 0)
         except ChildProcessError:
             pass
+
+
+def send_signal(pidfd, sig):
+    """Signal through a pidfd (never hits a recycled pid); a process that
+    has already exited is fine."""
+    if pidfd is None:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        pass
 
 
 def serve(cfg):

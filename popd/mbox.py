@@ -1,0 +1,452 @@
+"""mbox scanning and POP3 transmission (runs in the session child).
+
+Pure functions over an already-open, already-locked file descriptor: this
+module never opens paths, never locks and never writes.  All reads are
+``os.pread`` so the descriptor's file offset is neither used nor changed.
+
+Format decisions
+================
+
+Message boundaries
+    A message starts at a line beginning with ``From `` (five bytes, case
+    sensitive, the space included): at offset 0 of the file or right after
+    a LF (``\\nFrom ``).  Nothing else is checked (no date parsing, unlike
+    Dovecot, which also requires a parseable date): this is what
+    ``mailbox.mbox``, mutt and the MDAs that quote body lines as ``>From ``
+    (postfix local, procmail, exim, dovecot-lda) agree on.  A ``From `` after
+    a bare CR, or not at the start of a line, is ordinary content.  The
+    ``From `` line itself (up to and including its LF) is not part of the
+    message.  ``From a\\nFrom b\\n`` is two messages, the first one empty.
+
+Message content
+    From just after the ``From `` line's LF to the start of the next
+    ``From `` line (or to the end of the scanned size), minus ONE trailing
+    line end: ``\\r\\n`` if the content ends with CRLF, else ``\\n`` if it ends
+    with LF.  That line end is the mbox separator (the blank line MDAs and
+    ``mailbox.mbox`` write after every message; in a CRLF mbox it is
+    ``\\r\\n``).  This is Dovecot's rule (istream-raw-mbox strips ``\\n`` or
+    ``\\r\\n`` before ``From `` and at EOF).  When a writer omitted the blank
+    line, the stripped line end is the message's own last one, and nothing
+    that is transmitted changes, because transmission always ends with CRLF;
+    the exception is a message whose last line was empty, which such a
+    writer makes indistinguishable from the separator: that empty line is
+    not sent (every mbox reader has the same ambiguity).  Stripping only
+    the LF would turn a CRLF message written without a separator into
+    ``...\\r`` + CRLF on the wire.  The one content the CRLF rule loses is
+    a message that itself ended in a bare CR with no LF and was then
+    followed by the separator: that CR is taken as part of the CRLF.
+
+Files that are not mboxes
+    A file of 0 bytes is an empty mailbox.  Any other file must start with
+    ``From ``; otherwise (garbage before the first ``From `` line, a file
+    shorter than 5 bytes, a Maildir-style single message) :func:`scan`
+    raises :class:`MboxFormatError` and the caller answers
+    ``-ERR [SYS/PERM]``.  Dovecot refuses such files the same way.  A final
+    ``From `` line with no LF (an MDA that died mid-write) is kept as an
+    empty message rather than refusing the whole mailbox.
+
+Transmission (RFC 1939)
+    Every LF not preceded by CR becomes CRLF; an existing CRLF is kept; a
+    bare CR is kept as it is.  A line starting with ``.`` gets one more
+    ``.`` (lines are delimited by LF, so a ``.`` after a bare CR is not at
+    a line start).  The transmitted message always ends with CRLF: one is
+    added when the content does not end with LF, which includes the empty
+    message (it is sent as a single CRLF, as Dovecot does).
+    :func:`iter_message` and :func:`iter_top` do NOT send the terminating
+    ``.\\r\\n``: the caller writes :data:`TERMINATOR` (or wraps the iterator
+    in :func:`with_terminator`) so that it can stop mid-message on a
+    dropped connection and so that one place owns the multi-line response
+    framing.
+
+Octet count (LIST / STAT)
+    The exact number of bytes transmitted for the message (RFC 1939's
+    "exact size"), not counting the dot-stuffing and the terminator, which
+    are framing, not message octets:
+    ``length + LFs-not-preceded-by-CR + (0 if content ends with LF else 2)``.
+    Dovecot reports its stored virtual size instead, which is 2 lower for
+    a message that does not end with a line end (Dovecot still appends the
+    CRLF); popd counts what it really sends.
+
+TOP
+    Headers are the lines before the first blank line; a blank line is a
+    line that is empty or holds only ``\\r`` (``\\n`` or ``\\r\\n``).  TOP
+    sends the headers, the blank line and the first ``lines`` body lines
+    (a line ends with LF; a last line without LF counts as a line).  A message
+    without a blank line is all headers and is sent whole.  Same
+    transformation and final CRLF rule as RETR.
+
+Index
+    :class:`MboxIndex` keeps four ``array('q')`` columns (32 bytes per
+    message plus the arrays' growth slack) and ``size``, the number of file
+    bytes scanned, so the caller can later see appended mail: bytes in
+    ``[size, EOF)`` were not indexed.  The raw span of message ``n`` in the
+    file (From line to just before the next From line) is
+    ``[offset(n), end(n))``.
+
+Errors
+    :class:`MboxFormatError` for files that are not mboxes;
+    :class:`MboxChangedError` (a subclass) when a read returns fewer bytes
+    than the index or the given size promised: the file shrank under the
+    lock, which only a non-cooperating writer can do.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from collections.abc import Iterable, Iterator
+
+__all__ = [
+    "MboxChangedError",
+    "MboxFormatError",
+    "MboxIndex",
+    "TERMINATOR",
+    "iter_message",
+    "iter_top",
+    "octet_count",
+    "scan",
+    "with_terminator",
+]
+
+#: The multi-line response terminator, written by the caller after the
+#: chunks of :func:`iter_message` / :func:`iter_top`.
+TERMINATOR = b".\r\n"
+
+SCAN_CHUNK = 1 << 20
+SEND_CHUNK = 1 << 16
+
+_FROM = b"From "
+# Bytes of the previous read kept in front of each scan buffer: a
+# "\nFrom " match may start up to 5 bytes before the fresh data, and the
+# separator strip looks up to 3 bytes before a match's LF.
+_OVERLAP = 8
+
+_LF = 10
+_CR = 13
+_DOT = 46
+
+
+class MboxFormatError(Exception):
+    """The file is not an mbox (the caller answers ``-ERR [SYS/PERM]``)."""
+
+
+class MboxChangedError(MboxFormatError):
+    """The file became shorter than the scanned size while being read."""
+
+
+class MboxIndex:
+    """Compact per-message index of a scanned mbox.
+
+    Columns (``array('q')``, one entry per message, 0-based):
+
+    * ``offset(n)``: file offset of the message's ``From `` line;
+    * ``start(n)``: file offset of the content (just after that line);
+    * ``length(n)``: content length, separator line end removed;
+    * ``octets(n)``: bytes transmitted, without stuffing or terminator.
+
+    ``size`` is the number of file bytes the scan covered.
+    """
+
+    __slots__ = ("size", "_offset", "_start", "_length", "_octets")
+
+    def __init__(self, size: int = 0) -> None:
+        self.size = size
+        self._offset = array("q")
+        self._start = array("q")
+        self._length = array("q")
+        self._octets = array("q")
+
+    def append(self, offset: int, start: int, length: int,
+               octets: int) -> None:
+        """Add a message (used by :func:`scan`)."""
+        self._offset.append(offset)
+        self._start.append(start)
+        self._length.append(length)
+        self._octets.append(octets)
+
+    def __len__(self) -> int:
+        return len(self._offset)
+
+    def offset(self, n: int) -> int:
+        return self._offset[self._check(n)]
+
+    def start(self, n: int) -> int:
+        return self._start[self._check(n)]
+
+    def length(self, n: int) -> int:
+        return self._length[self._check(n)]
+
+    def octets(self, n: int) -> int:
+        return self._octets[self._check(n)]
+
+    def end(self, n: int) -> int:
+        """End of message ``n``'s raw span: next ``From`` line or ``size``."""
+        n = self._check(n)
+        return self._offset[n + 1] if n + 1 < len(self._offset) else self.size
+
+    def total_octets(self) -> int:
+        return sum(self._octets)
+
+    def entry(self, n: int) -> tuple[int, int, int, int]:
+        """``(offset, start, length, octets)`` of message ``n``."""
+        n = self._check(n)
+        return (self._offset[n], self._start[n], self._length[n],
+                self._octets[n])
+
+    def _check(self, n: int) -> int:
+        if not 0 <= n < len(self._offset):
+            raise IndexError(f"no message {n} (have {len(self._offset)})")
+        return n
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MboxIndex):
+            return NotImplemented
+        return (self.size == other.size and self._offset == other._offset
+                and self._start == other._start
+                and self._length == other._length
+                and self._octets == other._octets)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"MboxIndex(messages={len(self)}, size={self.size}, "
+                f"octets={self.total_octets()})")
+
+
+def octet_count(content: bytes) -> int:
+    """Octets transmitted for ``content`` (no stuffing, no terminator)."""
+    bare = content.count(b"\n") - content.count(b"\r\n")
+    return len(content) + bare + (0 if content.endswith(b"\n") else 2)
+
+
+def _pread(fd: int, n: int, pos: int) -> bytes:
+    data = os.pread(fd, n, pos)
+    if len(data) != n:
+        # os.pread on a regular file only returns short at EOF.
+        raise MboxChangedError(
+            f"short read at offset {pos}: wanted {n} bytes, got {len(data)}")
+    return data
+
+
+def _finish(index: MboxIndex, buf: bytes, base: int, e: int,
+            offset: int, start: int, lf: int, crlf: int) -> None:
+    """Record the message whose raw content is ``[start, base + e)``.
+
+    ``lf`` and ``crlf`` count the LFs and CRLF pairs in the raw content;
+    ``buf[e-3:e]`` must hold the raw content's last bytes (those at file
+    offsets >= ``start`` are the ones used).
+    """
+    length = base + e - start
+    bare = lf - crlf
+    if length > 0 and buf[e - 1] == _LF:
+        if length >= 2 and buf[e - 2] == _CR:
+            length -= 2            # CRLF separator: one CRLF fewer
+            e -= 2
+        else:
+            length -= 1            # LF separator: one bare LF fewer
+            bare -= 1
+            e -= 1
+    ends_lf = length > 0 and buf[e - 1] == _LF
+    index.append(offset, start, length, length + bare + (0 if ends_lf else 2))
+
+
+def scan(fd: int, size: int | None = None,
+         chunk: int = SCAN_CHUNK) -> MboxIndex:
+    """Index the first ``size`` bytes (default: ``fstat`` size) of ``fd``.
+
+    One pass of ``os.pread`` calls of ``chunk`` bytes (plus an 8-byte
+    overlap); boundaries are found with ``bytes.find`` and line ends are
+    counted with ``bytes.count``, so there is no Python work per line.
+    Memory: one buffer plus the index.
+    """
+    if chunk < 1:
+        raise ValueError("chunk must be >= 1")
+    if size is None:
+        size = os.fstat(fd).st_size
+    if size < 0:
+        raise ValueError("size must be >= 0")
+    index = MboxIndex(size)
+    if size == 0:
+        return index
+    if size < len(_FROM) or _pread(fd, len(_FROM), 0) != _FROM:
+        raise MboxFormatError("mailbox does not start with a 'From ' line")
+
+    cur_off = 0          # offset of the current message's From line
+    cur_start = -1       # its content start; -1 while its LF is unseen
+    lf = crlf = 0        # LFs / CRLFs counted so far in its raw content
+    pos = 0              # file offset of the next fresh byte
+    buf = b""
+    base = 0
+    find = bytes.find
+    count = bytes.count
+    while pos < size:
+        base = pos - _OVERLAP if pos > _OVERLAP else 0
+        f0 = pos - base
+        buf = _pread(fd, min(chunk, size - pos) + f0, base)
+        nb = len(buf)
+        pos = base + nb
+        i = f0                          # first byte not yet counted
+        if cur_start < 0:               # still inside a From line
+            j = find(buf, b"\n", f0)
+            if j < 0:
+                continue
+            cur_start = base + j + 1
+            i = j + 1
+        # A match may begin in the overlap: the previous buffer could not
+        # see its last bytes.  Matches before that were already found.
+        lo = f0 - 5 if f0 > 5 else 0
+        while True:
+            s = cur_start - 1 - base    # the From line's LF may start a match
+            # Search "\nFrom" (its last byte is rarer than a space, which
+            # makes the search about 15% faster), then check the space.
+            # After a few misses ("From:" lines...) use the exact needle,
+            # so that content full of them costs no Python work per line.
+            k = find(buf, b"\nFrom", s if s > lo else lo)
+            misses = 0
+            while k >= 0 and (k + 5 >= nb or buf[k + 5] != 32):
+                if k + 5 >= nb:
+                    k = -1              # the next buffer's overlap has it
+                elif misses < 8:
+                    misses += 1
+                    k = find(buf, b"\nFrom", k + 1)
+                else:
+                    k = find(buf, b"\nFrom ", k + 1)
+            # Count from i-1: a CRLF may straddle the previous buffer.  The
+            # 2-byte count is slow, so only where a CR is present (memchr).
+            if k < 0:
+                lf += count(buf, b"\n", i)
+                c = i - 1 if i else 0
+                if find(buf, b"\r", c) >= 0:
+                    crlf += count(buf, b"\r\n", c)
+                break
+            e = k + 1                   # raw content ends after the LF
+            if e > i:
+                lf += count(buf, b"\n", i, e)
+                c = i - 1 if i else 0
+                if find(buf, b"\r", c, e) >= 0:
+                    crlf += count(buf, b"\r\n", c, e)
+            _finish(index, buf, base, e, cur_off, cur_start, lf, crlf)
+            cur_off = base + e
+            lf = crlf = 0
+            j = find(buf, b"\n", k + 6)
+            if j < 0:
+                cur_start = -1
+                break
+            cur_start = base + j + 1
+            i = j + 1
+    if cur_start < 0:
+        index.append(cur_off, size, 0, 2)
+    else:
+        _finish(index, buf, base, len(buf), cur_off, cur_start, lf, crlf)
+    return index
+
+
+def _transmit(fd: int, start: int, end: int, chunk: int) -> Iterator[bytes]:
+    """Yield raw bytes ``[start, end)`` of ``fd`` converted for POP3."""
+    if chunk < 1:
+        raise ValueError("chunk must be >= 1")
+    pos = start
+    carry = b""          # a CR held back: its LF may open the next read
+    ends_lf = False      # did the output so far end with LF (line start)?
+    first = True
+    while pos < end:
+        n = end - pos if end - pos < chunk else chunk
+        data = _pread(fd, n, pos)
+        pos += n
+        if carry:
+            data = carry + data
+            carry = b""
+        if pos < end and data[-1] == _CR:
+            carry = b"\r"
+            data = data[:-1]
+            if not data:
+                continue
+        if b"\r" in data:
+            # Stored CRLF kept, bare LF -> CRLF, bare CR untouched.
+            out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        else:
+            out = data.replace(b"\n", b"\r\n")
+        out = out.replace(b"\n.", b"\n..")
+        if out[0] == _DOT and (first or ends_lf):
+            out = b"." + out
+        first = False
+        ends_lf = out[-1] == _LF
+        yield out
+    if not ends_lf:
+        yield b"\r\n"
+
+
+def iter_message(fd: int, index: MboxIndex, n: int,
+                 chunk: int = SEND_CHUNK) -> Iterator[bytes]:
+    """Yield message ``n`` (0-based) as transmitted, in pieces.
+
+    Each piece comes from one read of at most ``chunk`` bytes and is at most
+    about twice that size, whatever the message size.  The terminator
+    ``.\\r\\n`` is not included (see :data:`TERMINATOR`).
+    """
+    start = index.start(n)
+    return _transmit(fd, start, start + index.length(n), chunk)
+
+
+def _body_start(fd: int, start: int, end: int, chunk: int) -> int:
+    """File offset just after the header/body blank line, or -1."""
+    if end == start:
+        return -1
+    head = _pread(fd, min(2, end - start), start)
+    if head[:1] == b"\n":
+        return start + 1
+    if head == b"\r\n":
+        return start + 2
+    pos = start
+    while pos < end:
+        base = pos - 2 if pos - 2 > start else start
+        buf = _pread(fd, min(chunk, end - pos) + (pos - base), base)
+        a = buf.find(b"\n\n")
+        b = buf.find(b"\n\r\n", 0, a + 2 if a >= 0 else len(buf))
+        if b >= 0:
+            return base + b + 3
+        if a >= 0:
+            return base + a + 2
+        pos = base + len(buf)
+    return -1
+
+
+def _top_end(fd: int, start: int, end: int, lines: int, chunk: int) -> int:
+    body = _body_start(fd, start, end, chunk)
+    if body < 0:
+        return end                       # no blank line: all headers
+    pos = body
+    left = lines
+    while left > 0 and pos < end:
+        buf = _pread(fd, min(chunk, end - pos), pos)
+        c = buf.count(b"\n")
+        if c < left:
+            left -= c
+            pos += len(buf)
+            continue
+        j = -1
+        for _ in range(left):            # at most one buffer's LFs
+            j = buf.find(b"\n", j + 1)
+        return pos + j + 1
+    return end if left > 0 else pos
+
+
+def iter_top(fd: int, index: MboxIndex, n: int, lines: int,
+             chunk: int = SEND_CHUNK) -> Iterator[bytes]:
+    """Yield the headers, the blank line and ``lines`` body lines of ``n``.
+
+    Same transformation and bounds as :func:`iter_message`; no terminator.
+    """
+    if lines < 0:
+        raise ValueError("lines must be >= 0")
+    if chunk < 1:
+        raise ValueError("chunk must be >= 1")
+    start = index.start(n)
+    end = start + index.length(n)
+    return _transmit(fd, start, _top_end(fd, start, end, lines, chunk), chunk)
+
+
+def with_terminator(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Yield ``chunks`` followed by the ``.\\r\\n`` terminator."""
+    yield from chunks
+    yield TERMINATOR

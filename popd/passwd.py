@@ -1,0 +1,364 @@
+"""Dovecot passwd-file parsing, password verification and hashing.
+
+Runs in the auth broker (the only popd process that reads hashes) and in the
+`popd-passwd` tool.  The broker must call `Verifier.warm_up()` while it still
+has its start-up privileges: after the drop the interpreter's own files may be
+unreadable (Python lives in a 0700 directory on our machines), so any module
+that libpass would load lazily at the first verify must already be loaded.
+"""
+import os
+import re
+import secrets
+import stat
+from collections import Counter
+from typing import Iterable, NamedTuple
+
+from passlib.context import CryptContext
+
+from .limits import MAX_LOGIN
+
+# A passwd-file with a million users is about 150 MB of argon2 lines; sites
+# that large belong in a directory service.  The bound stops a mistaken path
+# (a log file, a disk image) from eating the broker's memory.
+MAX_FILE_SIZE = 64 * 1024 * 1024
+# The longest hash we accept is well under 200 characters; 4 KiB leaves room
+# for a home directory and extra fields and matches the IPC frame limit.
+MAX_LINE = 4096
+# uid_t is 32 bits and (uid_t)-1 means "unchanged" to setresuid().
+MAX_ID = 2**32 - 2
+# bcrypt only ever reads 72 bytes of the password (crypt_blowfish, which
+# Dovecot uses, silently ignores the rest; bcrypt 5 raises instead).
+BCRYPT_MAX_BYTES = 72
+
+
+class _Scheme(NamedTuple):
+    handler: str              # passlib's name for it
+    idents: tuple[str, ...]   # crypt(3) prefixes of the stored hash
+
+
+# The schemes popd verifies.  Everything else is refused on purpose: DES crypt
+# reads only 8 characters and MD5-crypt, plain digests and salted digests are
+# cheap enough on a GPU that a leaked file (a backup, a stolen disk) gives up
+# most passwords in days; PLAIN, CRAM-MD5 and friends store the password or an
+# equivalent of it; Dovecot's own {PBKDF2} layout has no passlib reader.  A
+# site with such hashes re-hashes with popd-passwd.
+SCHEMES = {
+    "SHA512-CRYPT": _Scheme("sha512_crypt", ("$6$",)),
+    "SHA256-CRYPT": _Scheme("sha256_crypt", ("$5$",)),
+    "BLF-CRYPT": _Scheme("bcrypt", ("$2a$", "$2b$", "$2y$")),
+    "ARGON2ID": _Scheme("argon2", ("$argon2id$",)),
+    "ARGON2I": _Scheme("argon2", ("$argon2i$",)),
+    # Dovecot's {SSHA512} body is bare base64; passlib wants the prefix too.
+    "SSHA512": _Scheme("ldap_salted_sha512", ()),
+}
+# What popd-passwd writes (see passwd_cli for the default).
+WRITABLE = ("ARGON2ID", "BLF-CRYPT", "SHA512-CRYPT")
+
+# Cost settings for new hashes, and for dummy hashes when the file has no
+# hash of that scheme to copy its cost from.
+_DEFAULT_SETTINGS = {
+    # Dovecot's 5000 rounds cost an attacker ~1 ms per guess; 100000 rounds
+    # cost the broker ~40 ms per login with libpass's builtin sha2-crypt.
+    "SHA512-CRYPT": {"rounds": 100_000},
+    "SHA256-CRYPT": {"rounds": 100_000},
+    # $2y$ is what Dovecot writes; crypt_blowfish reads $2y$ and $2b$ alike.
+    "BLF-CRYPT": {"ident": "2y", "rounds": 10},
+    # doveadm pw's defaults, so the file stays byte-for-byte Dovecot's.
+    "ARGON2ID": {"type": "id", "memory_cost": 65536, "rounds": 3,
+                 "parallelism": 1},
+    "ARGON2I": {"type": "i", "memory_cost": 32768, "rounds": 4,
+                "parallelism": 1},
+    "SSHA512": {},
+}
+
+_CONTEXT = CryptContext(schemes=sorted({s.handler for s in SCHEMES.values()}))
+
+# Dovecot scheme names are letters, digits, '-' and '.'.
+_PREFIX = re.compile(r"\{([A-Za-z0-9.-]{1,32})\}")
+# Dovecot schemes popd refuses (see SCHEMES).  Only these names, never an
+# unknown "{...}" (which might be a password in braces), appear in errors.
+_REFUSED = frozenset((
+    "PLAIN", "CLEAR", "CLEARTEXT", "PLAIN-TRUNC", "CRAM-MD5", "DIGEST-MD5",
+    "SCRAM-SHA-1", "SCRAM-SHA-256", "LANMAN", "NTLM", "RPA", "OTP", "SKEY",
+    "MD5", "PLAIN-MD4", "PLAIN-MD5", "LDAP-MD5", "SHA", "SHA1", "SHA256",
+    "SHA512", "SMD5", "SSHA", "SSHA256", "MD5-CRYPT", "DES-CRYPT", "PBKDF2"))
+_DECIMAL = re.compile(r"[0-9]{1,10}")
+_DES = re.compile(r"[./0-9A-Za-z]{13}")
+
+
+def valid_login(name: str) -> bool:
+    """True for a login name popd accepts anywhere (file, client, CLI).
+
+    Names become path components of the mailbox and the state directory,
+    and appear in logs: no '/', no leading '.', nothing invisible.
+    """
+    return (0 < len(name) <= MAX_LOGIN and not name.startswith(".")
+            and not any(c in "/:\0" or c.isspace() or not c.isprintable()
+                        for c in name))
+
+
+class PasswdEntry(NamedTuple):
+    login: str
+    password: str      # the stored hash exactly as in the file
+    uid: int
+    gid: int
+    home: str
+
+
+class PasswdError(Exception):
+    """A passwd-file problem: one line naming the file and line, no hash."""
+
+    def __init__(self, path: str, lineno: int | None, problem: str):
+        self.path, self.lineno, self.problem = path, lineno, problem
+        where = path if lineno is None else f"{path}, line {lineno}"
+        super().__init__(f"{where}: {problem}")
+
+
+def _crypt_scheme(body: str) -> str:
+    """Scheme of a crypt(3)-style hash ({CRYPT} or no prefix)."""
+    for name, scheme in SCHEMES.items():
+        if body.startswith(scheme.idents):
+            return name
+    if body.startswith("$1$"):
+        raise ValueError("MD5-crypt ($1$) is refused: too cheap to attack")
+    if body.startswith(("$y$", "$gy$")):
+        raise ValueError("yescrypt is not supported; re-hash with popd-passwd")
+    if _DES.fullmatch(body):
+        raise ValueError("DES crypt is refused: it reads only 8 characters")
+    raise ValueError("unrecognised hash format")
+
+
+def scheme_of(stored: str) -> str:
+    """Canonical scheme name of a stored password, or ValueError."""
+    m = _PREFIX.match(stored)
+    if m is None:
+        if stored.startswith("{"):
+            raise ValueError("unrecognised {SCHEME} prefix")
+        if not stored:
+            raise ValueError("empty password field")
+        return _crypt_scheme(stored)
+    name, body = m.group(1).upper(), stored[m.end():]
+    if name == "CRYPT":
+        return _crypt_scheme(body)
+    if name in _REFUSED:
+        raise ValueError(f"scheme {{{name}}} is refused: re-hash with "
+                         "popd-passwd")
+    if name not in SCHEMES:
+        raise ValueError("unrecognised {SCHEME} prefix")
+    if SCHEMES[name].idents and not body.startswith(SCHEMES[name].idents):
+        raise ValueError(f"{{{name}}} hash does not start with "
+                         + " or ".join(SCHEMES[name].idents))
+    return name
+
+
+def _verify_form(stored: str, scheme: str) -> str:
+    """The string passlib verifies: no Dovecot prefix, except for SSHA512."""
+    m = _PREFIX.match(stored)
+    body = stored[m.end():] if m else stored
+    return "{SSHA512}" + body if scheme == "SSHA512" else body
+
+
+def _settings_of(stored: str, scheme: str) -> dict:
+    """The cost settings of a stored hash (so a dummy can cost the same)."""
+    parsed = _CONTEXT.handler(SCHEMES[scheme].handler).from_string(
+        _verify_form(stored, scheme))
+    if scheme.startswith("ARGON2"):
+        return {"type": parsed.type, "memory_cost": parsed.memory_cost,
+                "rounds": parsed.rounds, "parallelism": parsed.parallelism}
+    if scheme == "BLF-CRYPT":
+        return {"ident": parsed.ident.strip("$"), "rounds": parsed.rounds}
+    if scheme == "SSHA512":
+        return {}
+    return {"rounds": parsed.rounds}
+
+
+def _hash(password: str | bytes, scheme: str, settings: dict) -> str:
+    """Hash in passlib's form, through a CryptContext (never a handler method:
+    libpass's lazy backend loader breaks bound handler methods)."""
+    handler = SCHEMES[scheme].handler
+    ctx = CryptContext(schemes=[handler],
+                       **{f"{handler}__{k}": v for k, v in settings.items()})
+    return ctx.hash(password)
+
+
+def parse_passwd(data: bytes, path: str) -> dict[str, PasswdEntry]:
+    """Parse the bytes of a Dovecot passwd-file; `path` names it in errors."""
+    entries: dict[str, PasswdEntry] = {}
+    first_seen: dict[str, int] = {}
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        def fail(problem: str):
+            return PasswdError(path, lineno, problem)
+        if len(raw) > MAX_LINE:
+            raise fail(f"line longer than {MAX_LINE} bytes")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise fail("not valid UTF-8") from None
+        if not line.strip(" ") or line.startswith("#"):
+            continue
+        if any(not c.isprintable() for c in line):
+            raise fail("control character in line (DOS line endings?)")
+        # user:password:uid:gid:gecos:home:shell:extra_fields
+        fields = line.split(":", 7)
+        if len(fields) < 4:
+            raise fail("expected user:password:uid:gid[:gecos:home:...]")
+        login, password, uid, gid = fields[:4]
+        if not valid_login(login):
+            raise fail("invalid login name (1-64 characters, no '/', ':', "
+                       "spaces or control characters, no leading '.')")
+        if login in entries:
+            raise fail(f"duplicate user {login!r} "
+                       f"(first on line {first_seen[login]})")
+        try:
+            scheme = scheme_of(password)
+        except ValueError as e:
+            raise fail(f"password of {login!r}: {e}") from None
+        try:
+            _settings_of(password, scheme)
+        except ValueError:
+            # passlib's message is safe today; ours is safe by construction.
+            raise fail(f"password of {login!r}: malformed {scheme} hash") \
+                from None
+        for what, value in (("uid", uid), ("gid", gid)):
+            if not _DECIMAL.fullmatch(value) or int(value) > MAX_ID:
+                raise fail(f"{what} of {login!r} is not a number "
+                           f"from 0 to {MAX_ID}")
+        home = fields[5] if len(fields) > 5 else ""
+        entries[login] = PasswdEntry(login, password, int(uid), int(gid), home)
+        first_seen[login] = lineno
+    return entries
+
+
+def load_passwd_file(path: str) -> dict[str, PasswdEntry]:
+    """Read and parse a passwd-file; every problem is a PasswdError."""
+    try:
+        # O_NONBLOCK: a FIFO planted at the path must not hang the broker.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise PasswdError(path, None, "not a regular file")
+            data = f.read(MAX_FILE_SIZE + 1)
+    except OSError as e:
+        raise PasswdError(path, None, e.strerror or str(e)) from None
+    if len(data) > MAX_FILE_SIZE:
+        raise PasswdError(path, None, f"larger than {MAX_FILE_SIZE} bytes")
+    return parse_passwd(data, path)
+
+
+class Verifier:
+    """Checks secrets against entries, spending the same work on a miss.
+
+    An unknown user is checked against a dummy hash of `default_scheme`, so
+    that "no such user" takes as long as "wrong password" (for users of that
+    scheme; a file that mixes schemes leaks the scheme through timing).
+    """
+
+    def __init__(self, default_scheme: str = "SHA512-CRYPT"):
+        if default_scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {default_scheme!r}")
+        self.default_scheme = default_scheme
+        self._ctx = _CONTEXT
+        self._dummies: dict[str, str] = {}
+
+    def warm_up(self, entries: Iterable[PasswdEntry] = (),
+                schemes: Iterable[str] = SCHEMES) -> None:
+        """Load the backends and make the dummy hashes of `schemes`.  The
+        broker warms all of them before the privilege drop (a reloaded file
+        may bring any scheme), and may call again after a reload.
+
+        Each dummy copies the most common cost settings of that scheme in
+        `entries`: a 100000-round dummy next to 5000-round Dovecot hashes
+        would tell a guesser which users exist.
+        """
+        seen: dict[str, Counter] = {name: Counter() for name in schemes}
+        for entry in entries:
+            scheme = scheme_of(entry.password)
+            if scheme in seen:
+                settings = _settings_of(entry.password, scheme)
+                seen[scheme][tuple(sorted(settings.items()))] += 1
+        for scheme, counts in seen.items():
+            settings = (dict(counts.most_common(1)[0][0]) if counts
+                        else _DEFAULT_SETTINGS[scheme])
+            password = secrets.token_urlsafe(24)
+            dummy = _hash(password, scheme, settings)
+            # Verifying loads the verify path too; a failure here (say,
+            # argon2 under too small an RLIMIT_AS) must stop the start-up.
+            if not self._ctx.verify(password, dummy):
+                raise RuntimeError(f"{scheme} self-test failed")
+            self._dummies[scheme] = dummy
+
+    def verify(self, entry: PasswdEntry | None, secret: bytes) -> bool:
+        """True if `secret` is the password of `entry`.  Never raises for a
+        bad secret or hash: the caller logs a False."""
+        scheme, stored = self.default_scheme, None
+        if entry is not None:
+            try:
+                scheme = scheme_of(entry.password)
+                stored = _verify_form(entry.password, scheme)
+            except ValueError:
+                pass    # not from load_passwd_file: treated as unknown
+        if scheme not in self._dummies:
+            raise RuntimeError(f"Verifier.warm_up() has not prepared {scheme}")
+        # A secret that is not UTF-8 or holds a NUL can never match (no
+        # client can log in with it, and sha-crypt/bcrypt refuse NUL), but it
+        # still costs one verify, with NUL replaced to keep the length.
+        try:
+            usable = "\0" not in secret.decode("utf-8")
+        except UnicodeDecodeError:
+            usable = False
+        if stored is None or not usable:
+            self._check(scheme, secret.replace(b"\0", b"\1"),
+                        self._dummies[scheme])
+            return False
+        return self._check(scheme, secret, stored)
+
+    def _check(self, scheme: str, secret: bytes, stored: str) -> bool:
+        if scheme == "BLF-CRYPT":
+            secret = secret[:BCRYPT_MAX_BYTES]
+        try:
+            return self._ctx.verify(secret, stored)
+        except Exception:
+            # A malformed hash or a backend error (e.g. argon2 out of memory)
+            # is a failed login; the caller logs it.
+            return False
+
+
+def make_hash(password: str, scheme: str, rounds: int | None = None) -> str:
+    """A new stored password in Dovecot's form, `{SCHEME}hash`.
+
+    `rounds` is the cost: sha-crypt rounds, bcrypt's log2 cost, or argon2's
+    time cost (passes over memory).
+    """
+    if scheme not in WRITABLE:
+        raise ValueError(f"cannot write {scheme!r}; use one of "
+                         + ", ".join(WRITABLE))
+    if not password:
+        raise ValueError("empty password")
+    if any(c in password for c in "\0\r\n"):
+        # A POP3 client cannot send these in PASS; NUL breaks crypt too.
+        raise ValueError("password contains NUL, CR or LF")
+    if scheme == "BLF-CRYPT" and len(password.encode()) > BCRYPT_MAX_BYTES:
+        raise ValueError(f"BLF-CRYPT uses only the first {BCRYPT_MAX_BYTES}"
+                         " bytes of a password; choose a shorter one")
+    settings = dict(_DEFAULT_SETTINGS[scheme])
+    if rounds is not None:
+        handler = _CONTEXT.handler(SCHEMES[scheme].handler)
+        if not handler.min_rounds <= rounds <= handler.max_rounds:
+            raise ValueError(f"{scheme} rounds must be from "
+                             f"{handler.min_rounds} to {handler.max_rounds}")
+        settings["rounds"] = rounds
+    return "{" + scheme + "}" + _hash(password, scheme, settings)
+
+
+def format_entry(login: str, stored: str, uid: int, gid: int,
+                 home: str = "") -> str:
+    """One passwd-file line (no newline) in Dovecot's layout."""
+    if not valid_login(login):
+        raise ValueError("invalid login name")
+    scheme_of(stored)
+    for what, value in (("uid", uid), ("gid", gid)):
+        if not 0 <= value <= MAX_ID:
+            raise ValueError(f"{what} must be from 0 to {MAX_ID}")
+    if ":" in home or any(not c.isprintable() for c in home + stored):
+        raise ValueError("home or hash contains ':' or a control character")
+    return f"{login}:{stored}:{uid}:{gid}::{home}::"
