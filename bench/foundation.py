@@ -1,0 +1,128 @@
+"""Foundation figures: logins/s with 16 concurrent clients, PSS per idle
+slot and per logged-in session, supervisor CPU per slot life cycle.
+
+Run as root from the repository: /opt/popd/bin/python bench/foundation.py
+It starts the real daemon (tests/daemon.py: numeric uids, temp dirs,
+SHA512-CRYPT with 5000 rounds as in the Dovecot anchor) on loopback.
+"""
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.daemon import USERS, Daemon, descendants  # noqa: E402
+
+MBOX = b"From a@b Thu Nov 26 10:00:00 2026\nSubject: x\n\nhello\n\n" * 10
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def pss_kb(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in open(f"/proc/{pid}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+async def session(host, port, user, password, stat_expect, keep=False):
+    r, w = await asyncio.open_connection(host, port)
+    assert (await r.readline()).startswith(b"+OK")
+    w.write(f"USER {user}\r\nPASS {password}\r\nSTAT\r\n".encode())
+    assert (await r.readline()).startswith(b"+OK")
+    line = await r.readline()
+    assert line.startswith(b"+OK Logged in"), line
+    assert (await r.readline()) == stat_expect
+    if keep:
+        return r, w
+    w.write(b"QUIT\r\n")
+    await r.readline()
+    w.close()
+
+
+async def login_rate(d, seconds, concurrency):
+    password = USERS["alice"][0]
+    expect = b"+OK 10 %d\r\n" % (10 * len(b"Subject: x\r\n\r\nhello\r\n"))
+    count, latencies = 0, []
+    stop = time.monotonic() + seconds
+
+    async def worker():
+        nonlocal count
+        while time.monotonic() < stop:
+            t = time.monotonic()
+            await session(d.host, d.port, "alice", password, expect)
+            latencies.append(time.monotonic() - t)
+            count += 1
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return count, time.monotonic() - started, sorted(latencies)
+
+
+async def hold_sessions(d, n):
+    expect = b"+OK 0 0\r\n"
+    return [await session(d.host, d.port, "bob", USERS["bob"][0], expect, keep=True)
+            for _ in range(n)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--sessions", type=int, default=50)
+    args = ap.parse_args()
+    limits = {"max_children": 256, "spare_children": 16, "max_per_ip": 256}
+    with Daemon(limits=limits) as d:
+        d.write_mbox("alice", MBOX)
+        d.wait_for_pids("child idle", 16, timeout=30)
+        sup = d.proc.pid
+        cpu0 = cpu_seconds(sup)
+        count, elapsed, lat = asyncio.run(login_rate(d, args.seconds, args.concurrency))
+        cpu1 = cpu_seconds(sup)
+        print(f"logins/s ({args.concurrency} clients, USER/PASS/STAT/QUIT): "
+              f"{count / elapsed:.1f}  ({count} in {elapsed:.1f} s; "
+              f"p50 {lat[len(lat) // 2] * 1000:.1f} ms, p99 {lat[int(len(lat) * .99)] * 1000:.1f} ms)")
+        print(f"supervisor CPU per slot life cycle (accept, admit, fork, hand over, reap): "
+              f"{(cpu1 - cpu0) / count * 1000:.2f} ms")
+    # Memory: an idle server with spare_children=2, then with 2 + N idle
+    # slots, then with N logged-in sessions (the spare count unchanged).
+    n = args.sessions
+    with Daemon(limits={"max_children": n + 8, "spare_children": 2, "max_per_ip": n + 8}) as d:
+        d.wait_for_pids("child idle", 2)
+        time.sleep(1)
+        base = pss_kb(descendants(d.proc.pid) | {d.proc.pid})
+        loop = asyncio.new_event_loop()
+        held = loop.run_until_complete(hold_sessions(d, n))
+        d.wait_for_pids("child session", n, timeout=30)
+        d.wait_for_pids("child idle", 2, timeout=30)
+        time.sleep(1)
+        with_sessions = pss_kb(descendants(d.proc.pid) | {d.proc.pid})
+        print(f"PSS: idle server {base / 1024:.1f} MB; with {n} logged-in sessions "
+              f"{with_sessions / 1024:.1f} MB; per session {(with_sessions - base) / n / 1024:.2f} MB")
+        for r, w in held:
+            w.close()
+        loop.close()
+    with Daemon(limits={"max_children": n + 8, "spare_children": 2, "max_per_ip": 8}) as d:
+        d.wait_for_pids("child idle", 2)
+        time.sleep(1)
+        base = pss_kb(descendants(d.proc.pid) | {d.proc.pid})
+    with Daemon(limits={"max_children": n + 8, "spare_children": n + 2, "max_per_ip": 8}) as d:
+        d.wait_for_pids("child idle", n + 2, timeout=60)
+        d.wait_for_pids("front", n + 2, timeout=60)
+        time.sleep(1)
+        idle = pss_kb(descendants(d.proc.pid) | {d.proc.pid})
+        print(f"PSS per idle slot (child + front): {(idle - base) / n / 1024:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
