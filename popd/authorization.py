@@ -78,14 +78,20 @@ class FrontSession(Session):
     # -- the login exchange with the broker and the child ---------------------
     def authenticate(self, authzid, authcid, secret, method):
         try:
-            ipc.send(self.broker, "AUTH_REQUEST", authzid=authzid,
-                     authcid=authcid, secret=secret, method=method)
+            try:
+                ipc.send(self.broker, "AUTH_REQUEST", authzid=authzid,
+                         authcid=authcid, secret=secret, method=method)
+            except OSError as e:
+                raise ipc.Closed(str(e)) from None
             answer = self._wait(self.broker, Channel.BROKER_FRONT)
         except ipc.Closed:
             # The broker closes a channel that spent its attempts.
             self.err(ERR_TOO_MANY_FAILURES, code="AUTH")
             raise Closing("auth attempts exhausted") from None
         if answer.name == "AUTH_FAIL":
+            if answer.final:
+                self.err(ERR_TOO_MANY_FAILURES, code=answer.code)
+                raise Closing("auth attempts exhausted")
             self.err(ERR_AUTH, code=answer.code)
             return
         # AUTH_OK: the child is becoming the owner and opening the mailbox;

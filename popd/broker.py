@@ -65,6 +65,7 @@ class PasswdSource:
             log.error("keeping the previous passwd data: %s", e)
             return
         self.stamp = stamp
+        return True
 
     def default_scheme(self):
         """The commonest scheme in the file: unknown users are verified
@@ -72,7 +73,9 @@ class PasswdSource:
         costs."""
         schemes = Counter(passwd.scheme_of(e.password)
                           for e in self.entries.values())
-        return schemes.most_common(1)[0][0] if schemes else "SHA512-CRYPT"
+        # max() rather than most_common(): that one imports heapq lazily,
+        # and after the privilege drop imports may fail.
+        return max(schemes, key=schemes.__getitem__) if schemes else "SHA512-CRYPT"
 
 
 class Broker:
@@ -98,7 +101,7 @@ class Broker:
                 elif key.data[1] == "front":
                     self.from_front(key.data[0])
                 else:
-                    self.close_slot(key.data[0], "child channel ended")
+                    self.close_slot(key.data[0], None)   # the slot ended
 
     # -- supervisor ----------------------------------------------------------
     def from_supervisor(self):
@@ -139,6 +142,8 @@ class Broker:
 
     # -- fronts --------------------------------------------------------------
     def from_front(self, chan):
+        if chan.front is None:            # closed earlier in this loop turn
+            return
         try:
             msg = ipc.recv(chan.front, Channel.BROKER_FRONT, Role.BROKER)
         except ipc.Closed:
@@ -158,9 +163,16 @@ class Broker:
         chan.attempts += 1
         self.answer_auth_request(chan, msg)
 
+    def refresh_passwd(self):
+        """Re-read a changed passwd file; dummy hashes then follow the
+        schemes and costs it uses, so unknown users cost what known ones
+        do."""
+        if self.passwd.refresh():
+            self.verifier.warm_up(self.passwd.entries.values())
+            self.verifier.default_scheme = self.passwd.default_scheme()
+
     def answer_auth_request(self, chan, msg):
-        self.passwd.refresh()
-        self.verifier.default_scheme = self.passwd.default_scheme()
+        self.refresh_passwd()
         login = msg.authcid
         well_formed = passwd.valid_login(login) and msg.authzid in ("", login)
         entry = self.passwd.entries.get(login) if well_formed else None
@@ -173,17 +185,18 @@ class Broker:
             log.warning('auth failed: rip=%s, method=%s, attempt=%d, '
                         'reason=%s, user="%s"', chan.peer_ip, msg.method,
                         chan.attempts, reason, sanitize(login, 64))
-            self.send_front(chan, "AUTH_FAIL", code="AUTH")
-            if chan.attempts >= limits.MAX_AUTH_ATTEMPTS_PER_CONNECTION:
-                self.close_slot(chan, None)
+            final = chan.attempts >= limits.MAX_AUTH_ATTEMPTS_PER_CONNECTION
+            self.send_front(chan, "AUTH_FAIL", code="AUTH", final=int(final))
+            if final:
+                self.close_front(chan)
             return
         problem = self.grant_problem(entry)
         mbox = config.mbox_path(self.cfg.mail.mbox, login)
         if problem or mbox is None:
             log.error('refusing login for user="%s": %s', sanitize(login, 64),
                       problem or "mailbox path leaves the template directory")
-            self.send_front(chan, "AUTH_FAIL", code="SYS/PERM")
-            self.close_slot(chan, None)
+            self.send_front(chan, "AUTH_FAIL", code="SYS/PERM", final=1)
+            self.close_front(chan)
             return
         try:
             ipc.send(chan.child, "GRANT", login=login, uid=entry.uid,
@@ -213,17 +226,28 @@ class Broker:
         return None
 
     def send_front(self, chan, name, **fields):
+        if chan.front is None:
+            return
         try:
             ipc.send(chan.front, name, **fields)
         except OSError as e:
             self.close_slot(chan, f"cannot answer the front: {e}")
+
+    def close_front(self, chan):
+        """Stop listening to this front for good; the child channel stays
+        until the slot ends, so the front can still answer its client."""
+        if chan.front is not None:
+            self.sel.unregister(chan.front)
+            chan.front.close()
+            chan.front = None
 
     def close_slot(self, chan, reason):
         if reason:
             log.warning("broker: closing the channels of slot %d (%s, "
                         "rip=%s): %s", chan.slot, chan.state.value,
                         chan.peer_ip, reason)
-        for sock in (chan.front, chan.child):
+        self.close_front(chan)
+        for sock in (chan.child,):
             try:
                 self.sel.unregister(sock)
             except (KeyError, ValueError):
@@ -243,7 +267,7 @@ def run(cfg, sup_sock):
     # may not be able to import anything (it can live in a 0700 directory).
     broker.verifier.warm_up()
     privileges.drop_to(cfg.broker_user, cfg.broker_group)
-    broker.passwd.refresh()
+    broker.refresh_passwd()
     if broker.passwd.stamp is None:
         log.error("auth broker: cannot use %s as uid %d; make it readable by "
                   "broker_group (chgrp %d %s; chmod 0640 %s)",

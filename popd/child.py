@@ -278,8 +278,12 @@ def run(cfg, slot, sup_sock, front_broker, child_broker):
         child = Child(cfg, slot, sup_sock, child_broker)
         child.start(front_broker)
         child.serve()
-    except (ipc.Closed, ipc.Violation) as e:
-        log.warning("child: channel problem: %s", e)
+    except ipc.Closed as e:
+        # A peer ended first (the broker after a failed login, the
+        # supervisor at shutdown): nothing left to do.
+        log.debug("child: channel closed: %s", e)
+    except ipc.Violation as e:
+        log.warning("child: protocol violation: %s", e)
         code = 1
     except privileges.PrivilegeError as e:
         log.error("child: %s", e)

@@ -103,7 +103,9 @@ MESSAGES = [
          (("authzid", STR(limits.MAX_LOGIN)), ("authcid", STR(limits.MAX_LOGIN)),
           ("secret", BYTES(limits.MAX_SECRET)), ("method", STR(16)))),
     Spec("AUTH_OK", 11, _C.BROKER_FRONT, _R.BROKER, ()),
-    Spec("AUTH_FAIL", 13, _C.BROKER_FRONT, _R.BROKER, (("code", STR(16)),)),
+    # final=1: the channel has spent its attempts and closes after this.
+    Spec("AUTH_FAIL", 13, _C.BROKER_FRONT, _R.BROKER,
+         (("code", STR(16)), ("final", U32))),
     # broker -> child: the one grant
     Spec("GRANT", 15, _C.BROKER_CHILD, _R.BROKER,
          (("login", STR(limits.MAX_LOGIN)), ("uid", U32), ("gid", U32),

@@ -22,7 +22,7 @@ from .limits import MAX_LOGIN
 # (a log file, a disk image) from eating the broker's memory.
 MAX_FILE_SIZE = 64 * 1024 * 1024
 # The longest hash we accept is well under 200 characters; 4 KiB leaves room
-# for a home directory and extra fields and matches the IPC frame limit.
+# for a home directory and extra fields.
 MAX_LINE = 4096
 # uid_t is 32 bits and (uid_t)-1 means "unchanged" to setresuid().
 MAX_ID = 2**32 - 2
@@ -63,7 +63,7 @@ _DEFAULT_SETTINGS = {
     "SHA256-CRYPT": {"rounds": 100_000},
     # $2y$ is what Dovecot writes; crypt_blowfish reads $2y$ and $2b$ alike.
     "BLF-CRYPT": {"ident": "2y", "rounds": 10},
-    # doveadm pw's defaults, so the file stays byte-for-byte Dovecot's.
+    # doveadm pw's defaults: our hashes look like the ones Dovecot writes.
     "ARGON2ID": {"type": "id", "memory_cost": 65536, "rounds": 3,
                  "parallelism": 1},
     "ARGON2I": {"type": "i", "memory_cost": 32768, "rounds": 4,
@@ -185,9 +185,11 @@ def parse_passwd(data: bytes, path: str) -> dict[str, PasswdEntry]:
     """Parse the bytes of a Dovecot passwd-file; `path` names it in errors."""
     entries: dict[str, PasswdEntry] = {}
     first_seen: dict[str, int] = {}
+
+    def fail(problem: str) -> PasswdError:
+        return PasswdError(path, lineno, problem)
+
     for lineno, raw in enumerate(data.split(b"\n"), 1):
-        def fail(problem: str):
-            return PasswdError(path, lineno, problem)
         if len(raw) > MAX_LINE:
             raise fail(f"line longer than {MAX_LINE} bytes")
         try:
@@ -214,9 +216,11 @@ def parse_passwd(data: bytes, path: str) -> dict[str, PasswdEntry]:
         except ValueError as e:
             raise fail(f"password of {login!r}: {e}") from None
         try:
+            # Parsed now, a damaged hash stops the load with its line number
+            # instead of failing every login of that user later.
             _settings_of(password, scheme)
         except ValueError:
-            # passlib's message is safe today; ours is safe by construction.
+            # Never passlib's message: it might quote the hash one day.
             raise fail(f"password of {login!r}: malformed {scheme} hash") \
                 from None
         for what, value in (("uid", uid), ("gid", gid)):
@@ -234,10 +238,13 @@ def load_passwd_file(path: str) -> dict[str, PasswdEntry]:
     try:
         # O_NONBLOCK: a FIFO planted at the path must not hang the broker.
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise PasswdError(path, None, "not a regular file")
-            data = f.read(MAX_FILE_SIZE + 1)
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read(MAX_FILE_SIZE + 1)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise PasswdError(path, None, e.strerror or str(e)) from None
     if len(data) > MAX_FILE_SIZE:
@@ -277,7 +284,7 @@ class Verifier:
                 settings = _settings_of(entry.password, scheme)
                 seen[scheme][tuple(sorted(settings.items()))] += 1
         for scheme, counts in seen.items():
-            settings = (dict(counts.most_common(1)[0][0]) if counts
+            settings = (dict(max(counts, key=counts.__getitem__)) if counts
                         else _DEFAULT_SETTINGS[scheme])
             password = secrets.token_urlsafe(24)
             dummy = _hash(password, scheme, settings)

@@ -114,7 +114,7 @@ def _append(path: str, login: str, line: str) -> None:
                 raise UsageError(f"{path} is a symbolic link; give the "
                                  "real file") from None
             raise
-    with os.fdopen(fd, "r+b", buffering=0) as f:
+    with os.fdopen(fd, "r+b") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UsageError(f"{path} is not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX)
