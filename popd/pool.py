@@ -71,7 +71,6 @@ class Pool:
         assert slot.state is SlotState.STARTING, slot.state
         slot.state = SlotState.IDLE
         self.idle.append(slot.id)
-        self.backoff = 0.0                       # a healthy slot: no crash loop
 
     def mark_busy(self, slot, key, peer):
         assert slot.state is SlotState.IDLE, slot.state
@@ -87,6 +86,8 @@ class Pool:
             self.backoff = min(max(self.backoff * 2, limits.SPAWN_BACKOFF_MIN),
                                limits.SPAWN_BACKOFF_MAX)
             self.next_spawn = time.monotonic() + self.backoff
+        elif slot.state is SlotState.BUSY:
+            self.backoff = 0.0                   # slots serve clients: healthy
         slot.state = SlotState.EXITED
 
     def remove(self, slot):

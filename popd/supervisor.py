@@ -262,7 +262,11 @@ class Supervisor:
         self.sel.unregister(slot.pidfd)
         os.close(slot.pidfd)
         slot.pidfd = None
+        unused = slot.state in (SlotState.STARTING, SlotState.IDLE)
         self.pool.child_exited(slot)
+        if unused and not self.stopping:
+            log.warning("slot %d (pid %d) exited before serving a client; next "
+                        "spawn in %.1f s", slot.id, slot.pid, self.pool.backoff)
         self.reap()
         # The slot is over: its front must not outlive it.
         send_signal(slot.front_pidfd, signal.SIGKILL)
@@ -344,8 +348,10 @@ class Supervisor:
     # -- deadlines and stopping ----------------------------------------------------
     def enforce_deadlines(self):
         now = time.monotonic()
-        login_limit = (self.cfg.limits.login_deadline + limits.MAILBOX_LOCK_WAIT
-                       + limits.FRONT_KILL_GRACE)
+        # Until the grant only the front is at work, and it must end its
+        # client at the login deadline; a front that does not is killed a
+        # little later.  After the grant the child bounds the rest.
+        login_limit = self.cfg.limits.login_deadline + limits.FRONT_KILL_GRACE
         for slot in list(self.pool.slots.values()):
             if slot.state is SlotState.STARTING and now - slot.started > SLOT_START_TIMEOUT:
                 log.warning("slot %d did not start in time; killing it", slot.id)
