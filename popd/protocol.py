@@ -40,10 +40,17 @@ COMMANDS = {
     "QUIT": Syntax(frozenset({AUTH, TRANS}), 0, 0),
     "USER": Syntax(frozenset({AUTH}), 1, 1),
     "PASS": Syntax(frozenset({AUTH}), 1, 1, rest_is_argument=True),
+    "STLS": Syntax(frozenset({AUTH}), 0, 0),
+    # RFC 5034: AUTH [mechanism [initial-response]]; no argument lists them.
+    "AUTH": Syntax(frozenset({AUTH}), 0, 2),
     "STAT": Syntax(frozenset({TRANS}), 0, 0),
     "LIST": Syntax(frozenset({TRANS}), 0, 1),
     "RETR": Syntax(frozenset({TRANS}), 1, 1),
+    "DELE": Syntax(frozenset({TRANS}), 1, 1),
     "NOOP": Syntax(frozenset({TRANS}), 0, 0),
+    "RSET": Syntax(frozenset({TRANS}), 0, 0),
+    "TOP": Syntax(frozenset({TRANS}), 2, 2),
+    "UIDL": Syntax(frozenset({TRANS}), 0, 1),
 }
 
 # RFC 1939 section 3: arguments may be up to 40 characters long.
@@ -178,7 +185,11 @@ class Session:
                 if self.state not in COMMANDS[keyword].states:
                     self.bad(ERR_STATE)
                     continue
-                getattr(self, "cmd_" + keyword.lower())(*args)
+                handler = getattr(self, "cmd_" + keyword.lower(), None)
+                if handler is None:
+                    self.bad(ERR_UNKNOWN)       # declared, not offered here
+                    continue
+                handler(*args)
         except Closing as e:
             self.flush_quietly()
             return str(e) or "closed"
