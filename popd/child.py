@@ -19,17 +19,16 @@ The child reads nothing from the client before it is the owner, and every
 wait before that is bounded by the login deadline.
 """
 import enum
-import fcntl
 import os
 import select
 import signal
 import socket
-import stat
 import time
 
-from . import config, front, ipc, limits, logsetup, mbox, privileges, process, proctitle
+from . import config, front, ipc, limits, locking, logsetup, privileges, process, proctitle
 from .ipc import Channel, Role
 from .logsetup import log
+from .maildrop import MailboxError, Maildrop
 from .transaction import ChildSession
 
 
@@ -39,10 +38,6 @@ class ChildState(enum.Enum):
     BUSY = "busy"
     OWNER = "owner"
     SESSION = "session"
-
-
-class MailboxError(Exception):
-    """(RFC 3206 code, client text); the log line is written where raised."""
 
 
 # Log frames a front may send in one session; more are dropped.
@@ -60,6 +55,7 @@ class Child:
         self.state = ChildState.STARTING
         self.peer_ip = None
         self.front_log_budget = MAX_FRONT_LOG_LINES
+        self.lock_helper = None
 
     def expect(self, *states):
         assert self.state in states, f"child in state {self.state}"
@@ -167,57 +163,17 @@ class Child:
     def become_owner(self, grant):
         mail = self.cfg.mail
         uids, gids = config.service_ids(self.cfg)
+        if mail.dotlock_group is not None:
+            # Started while we can still set ids: the helper alone holds the
+            # group that may create <mbox>.lock in the spool (and that can
+            # read every mailbox there), we never do.
+            self.lock_helper = locking.start_lock_helper(
+                grant.mbox, grant.uid, mail.dotlock_group)
         privileges.become_owner(grant.uid, grant.gid, mail.first_valid_uid,
                                 mail.first_valid_gid, uids, gids)
         self.state = ChildState.OWNER
         proctitle.set_title(proctitle.CHILD_SESSION, user=grant.login,
                             peer=self.peer_ip)
-
-    def open_mailbox(self, path, uid):
-        """(fd or None for an absent mbox, index).  Opened only now, as the
-        owner, with O_NOFOLLOW: a planted symlink or hard link, or a file
-        owned by someone else, is refused."""
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NOCTTY
-                         | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None, mbox.MboxIndex()
-        except OSError as e:
-            log.error("mailbox %s: cannot open as uid %d: %s", path, uid,
-                      e.strerror)
-            raise MailboxError("SYS/PERM", "Cannot open the mailbox") from None
-        st = os.fstat(fd)
-        problem = (None if stat.S_ISREG(st.st_mode) else "not a regular file")
-        if problem is None and st.st_uid != uid:
-            problem = f"owned by uid {st.st_uid}, not {uid}"
-        if problem is None and st.st_nlink != 1:
-            problem = f"has {st.st_nlink} hard links"
-        if problem:
-            os.close(fd)
-            log.error("mailbox %s: refused: %s", path, problem)
-            raise MailboxError("SYS/PERM", "Mailbox is not usable")
-        self.lock_shared(fd, path)
-        try:
-            return fd, mbox.scan(fd)
-        except mbox.MboxFormatError as e:
-            log.error("mailbox %s: not an mbox: %s", path, e)
-            raise MailboxError("SYS/PERM", "Mailbox is damaged") from None
-        finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN)
-
-    def lock_shared(self, fd, path):
-        """fcntl read lock (what MDAs respect) for the scan; bounded wait."""
-        deadline = time.monotonic() + limits.MAILBOX_LOCK_WAIT
-        while True:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return
-            except OSError:
-                if time.monotonic() >= deadline:
-                    log.warning("mailbox %s: still locked after %.0f s",
-                                path, limits.MAILBOX_LOCK_WAIT)
-                    raise MailboxError("IN-USE", "Mailbox is locked") from None
-                time.sleep(0.05)
 
     # -- SESSION ---------------------------------------------------------------
     def take_client(self):
@@ -242,11 +198,11 @@ class Child:
         if grant is None:
             return
         self.become_owner(grant)
+        drop = Maildrop(grant.mbox, grant.uid, self.cfg.mail.state_dir, self.lock_helper)
         try:
-            fd, index = self.open_mailbox(grant.mbox, grant.uid)
+            drop.open()
         except MailboxError as e:
-            code, text = e.args
-            ipc.send(self.front, "MAILBOX_ERR", code=code, text=text)
+            ipc.send(self.front, "MAILBOX_ERR", code=e.code, text=e.text)
             return
         ipc.send(self.front, "MAILBOX_READY")
         taken = self.take_client()
@@ -258,13 +214,15 @@ class Child:
         self.broker.close()
         self.front.close()
         started = time.monotonic()
-        session = ChildSession(sock, self.cfg, fd, index, leftover)
+        session = ChildSession(sock, self.cfg, drop, leftover)
         outcome = session.serve()
         session.close()
-        log.info('session end: rip=%s, user="%s", retrieved=%d, bytes=%d, '
-                 'duration=%.3f, reason=%s', self.peer_ip,
+        drop.close()
+        log.info('session end: rip=%s, user="%s", retrieved=%d, deleted=%d, '
+                 'bytes=%d, duration=%.3f, reason=%s', self.peer_ip,
                  logsetup.sanitize(grant.login, 64), session.retrieved,
-                 session.bytes_sent, time.monotonic() - started, outcome)
+                 session.removed, session.bytes_sent, time.monotonic() - started,
+                 outcome)
 
 
 def run(cfg, slot, sup_sock, front_broker, child_broker):

@@ -121,6 +121,13 @@ def _principal(lookup, kind):
 user_id = _principal(lambda n: pwd.getpwnam(n).pw_uid, "user")
 group_id = _principal(lambda n: grp.getgrnam(n).gr_gid, "group")
 
+
+def optional(check):
+    def optional_check(v):
+        return None if v is None else check(v)
+    optional_check.doc = f"{check.doc}, or null"
+    return optional_check
+
 LISTEN_FIELDS = {"address", "port", "tls"}
 
 
@@ -187,14 +194,24 @@ KEYS = [
     Key("login_chroot", absolute_path, "/run/popd/empty",
         "Empty root-owned directory the fronts chroot into; created (0755) "
         "if missing.", False),
+    Key("implementation", optional(announce), None,
+        "Text announced as CAPA IMPLEMENTATION (e.g. popd); unset: not "
+        "announced, so no version string reaches the network."),
     Key("auth.passwd_file", absolute_path, "/etc/popd/passwd",
         "Dovecot-format passwd-file: user:{SCHEME}hash:uid:gid::home::"),
+    Key("auth.plaintext", choice("tls-only", "always"), "tls-only",
+        "Where USER/PASS and AUTH PLAIN are accepted: tls-only (after STLS "
+        "or on implicit TLS) or always (cleartext too)."),
     Key("mail.mbox", mbox_template, "/var/mail/%u",
         "Path of each user's mbox; %u is the login name."),
     Key("mail.first_valid_uid", integer(1, 2**32 - 2), 1000,
         "Never serve a mailbox as a uid below this (and never uid 0)."),
     Key("mail.first_valid_gid", integer(1, 2**32 - 2), 1000,
         "Never switch to a gid below this (and never gid 0)."),
+    Key("mail.dotlock_group", optional(group_id), None,
+        "Group allowed to create <mbox>.lock in the spool (Debian: mail); "
+        "only a tiny per-session lock helper holds it.  Unset: dot-locks "
+        "only where the owner may create them, fcntl locks always."),
     Key("mail.state_dir", absolute_path, "/var/lib/popd",
         "Root-owned 0711 directory; popd keeps per-uid 0700 subdirectories "
         "there.", False),

@@ -1,33 +1,39 @@
-"""POP3 TRANSACTION state: the commands of a logged-in session.
+"""POP3 TRANSACTION and UPDATE states: the commands of a logged-in session.
 
 Runs in: the child, after it has become the mailbox owner and the front
-has handed it the client socket.
+has handed it the client socket (or, on TLS, its plaintext pipe).
 
 Messages stream from the mbox in chunks (mbox.iter_message), so memory
-stays bounded whatever their size.  Deletion and the UPDATE state arrive
-with the crash-safe mailbox update; until then QUIT changes nothing.
+stays bounded whatever their size.  DELE only marks; QUIT applies the
+marks through the crash-safe update (maildrop.py); a dropped connection
+or a timeout deletes nothing.
 """
 import time
 
-from . import limits, mbox
+from . import mbox
+from .maildrop import MailboxError
 from .protocol import Closing, Session, State
 
-CAPABILITIES = [b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+CAPABILITIES = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
 ERR_NO_SUCH_MESSAGE = "No such message"
-# Flush a RETR to the socket whenever this much is queued.
+ERR_DELETED = "Message is deleted"
+ERR_BAD_COUNT = "Invalid line count"
+# Flush a RETR/TOP to the socket whenever this much is queued.
 STREAM_FLUSH = 256 * 1024
 
 
 class ChildSession(Session):
     state = State.TRANSACTION
 
-    def __init__(self, sock, cfg, mailbox_fd, index, leftover):
+    def __init__(self, sock, cfg, maildrop, leftover):
         super().__init__(sock, cfg.limits.max_bad_commands, leftover)
         self.idle_timeout = cfg.limits.idle_timeout
-        self.fd = mailbox_fd
-        self.index = index
+        self.drop = maildrop
+        self.index = maildrop.index
+        self.deleted = set()
         self.retrieved = 0
         self.bytes_sent = 0
+        self.removed = 0
 
     def deadline(self):
         return time.monotonic() + self.idle_timeout
@@ -35,12 +41,19 @@ class ChildSession(Session):
     def write_timeout(self):
         return self.idle_timeout
 
-    def message_number(self, arg):
+    def message(self, arg):
         """'3' -> 2 (0-based), or None after answering -ERR."""
-        if arg.isdigit() and len(arg) <= 10 and 1 <= int(arg) <= len(self.index):
-            return int(arg) - 1
-        self.err(ERR_NO_SUCH_MESSAGE)
-        return None
+        if not (arg.isdigit() and len(arg) <= 10 and 1 <= int(arg) <= len(self.index)):
+            self.err(ERR_NO_SUCH_MESSAGE)
+            return None
+        n = int(arg) - 1
+        if n in self.deleted:
+            self.err(ERR_DELETED)
+            return None
+        return n
+
+    def live(self):
+        return (n for n in range(len(self.index)) if n not in self.deleted)
 
     # -- commands ------------------------------------------------------------
     def cmd_capa(self):
@@ -50,36 +63,72 @@ class ChildSession(Session):
     def cmd_noop(self):
         self.ok()
 
-    def cmd_quit(self):
-        self.ok("Bye")
-        raise Closing("quit")
-
     def cmd_stat(self):
-        self.ok(f"{len(self.index)} {self.index.total_octets()}")
+        octets = sum(self.index.octets(n) for n in self.live())
+        self.ok(f"{len(self.index) - len(self.deleted)} {octets}")
 
     def cmd_list(self, arg=None):
         if arg is not None:
-            n = self.message_number(arg)
+            n = self.message(arg)
             if n is not None:
                 self.ok(f"{n + 1} {self.index.octets(n)}")
             return
-        self.ok(f"{len(self.index)} messages")
-        self.multiline(f"{i + 1} {self.index.octets(i)}".encode()
-                       for i in range(len(self.index)))
+        self.ok(f"{len(self.index) - len(self.deleted)} messages")
+        self.multiline(f"{n + 1} {self.index.octets(n)}".encode() for n in self.live())
+
+    def cmd_uidl(self, arg=None):
+        if arg is not None:
+            n = self.message(arg)
+            if n is not None:
+                self.ok(f"{n + 1} {self.drop.ids()[n]}")
+            return
+        ids = self.drop.ids()
+        self.ok("Unique-ID listing follows")
+        self.multiline(f"{n + 1} {ids[n]}".encode() for n in self.live())
 
     def cmd_retr(self, arg):
-        n = self.message_number(arg)
+        n = self.message(arg)
+        if n is not None:
+            self.ok(f"{self.index.octets(n)} octets")
+            self.stream(mbox.iter_message(self.drop.fd, self.index, n))
+            self.retrieved += 1
+
+    def cmd_top(self, arg, count):
+        n = self.message(arg)
         if n is None:
             return
-        self.ok(f"{self.index.octets(n)} octets")
-        for chunk in mbox.iter_message(self.fd, self.index, n):
+        if not count.isdigit() or len(count) > 9:
+            self.err(ERR_BAD_COUNT)
+            return
+        self.ok("Top of message follows")
+        self.stream(mbox.iter_top(self.drop.fd, self.index, n, int(count)))
+
+    def stream(self, chunks):
+        for chunk in chunks:
             self.out += chunk
             if len(self.out) >= STREAM_FLUSH:
                 self.bytes_sent += len(self.out)
                 self.flush()
-        self.out += b".\r\n"
+        self.out += mbox.TERMINATOR
         self.bytes_sent += len(self.out)
-        self.retrieved += 1
 
+    def cmd_dele(self, arg):
+        n = self.message(arg)
+        if n is not None:
+            self.deleted.add(n)
+            self.ok(f"Message {n + 1} deleted")
 
-assert limits.MAX_COMMAND_LINE > 0
+    def cmd_rset(self):
+        self.deleted.clear()
+        self.ok(f"{len(self.index)} messages")
+
+    def cmd_quit(self):
+        self.state = State.UPDATE
+        try:
+            self.drop.update(self.deleted)
+        except MailboxError as e:
+            self.err(e.text, code=e.code)
+            raise Closing("update failed") from None
+        self.removed = len(self.deleted)
+        self.ok(f"Bye, {self.removed} message(s) deleted")
+        raise Closing("quit")
