@@ -45,11 +45,13 @@ class LineReader:
         self.buf = bytearray(initial)
 
     def _recv(self, deadline):
+        # Try first, wait only when nothing is there: a pipelining client
+        # usually has the next command waiting already (one syscall saved).
         while True:
-            wait_readable(self.sock, deadline)
             try:
                 data = self.sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
+                wait_readable(self.sock, deadline)
                 continue
             except OSError as e:
                 raise Disconnected(str(e)) from None

@@ -18,8 +18,9 @@ CAPABILITIES = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"
 ERR_NO_SUCH_MESSAGE = "No such message"
 ERR_DELETED = "Message is deleted"
 ERR_BAD_COUNT = "Invalid line count"
-# Flush a RETR/TOP to the socket whenever this much is queued.
-STREAM_FLUSH = 256 * 1024
+# RETR/TOP read and transform the mbox in pieces of this size: large enough
+# that per-piece Python overhead vanishes, small enough to bound memory.
+STREAM_CHUNK = 256 * 1024
 
 
 class ChildSession(Session):
@@ -90,7 +91,7 @@ class ChildSession(Session):
         n = self.message(arg)
         if n is not None:
             self.ok(f"{self.index.octets(n)} octets")
-            self.stream(mbox.iter_message(self.drop.fd, self.index, n))
+            self.stream(mbox.iter_message(self.drop.fd, self.index, n, STREAM_CHUNK))
             self.retrieved += 1
 
     def cmd_top(self, arg, count):
@@ -101,16 +102,21 @@ class ChildSession(Session):
             self.err(ERR_BAD_COUNT)
             return
         self.ok("Top of message follows")
-        self.stream(mbox.iter_top(self.drop.fd, self.index, n, int(count)))
+        self.stream(mbox.iter_top(self.drop.fd, self.index, n, int(count), STREAM_CHUNK))
 
     def stream(self, chunks):
+        """The status line goes out with the first chunk; the rest is
+        written straight from the chunks (no copy into the reply buffer)."""
         for chunk in chunks:
-            self.out += chunk
-            if len(self.out) >= STREAM_FLUSH:
+            if self.out:
+                self.out += chunk
                 self.bytes_sent += len(self.out)
                 self.flush()
+            else:
+                self.bytes_sent += len(chunk)
+                self.send_all(chunk)
         self.out += mbox.TERMINATOR
-        self.bytes_sent += len(self.out)
+        self.bytes_sent += len(mbox.TERMINATOR)
 
     def cmd_dele(self, arg):
         n = self.message(arg)

@@ -41,13 +41,18 @@ def free_port(host="127.0.0.1"):
 class Daemon:
     """One popd instance; use as a context manager."""
 
-    def __init__(self, limits=None, users=USERS, extra=None, listen_host="127.0.0.1"):
+    def __init__(self, limits=None, users=USERS, extra=None, listen_host="127.0.0.1",
+                 tls=False, plaintext=None):
+        """tls=True: `port` is a STARTTLS listener and `tls_port` an implicit
+        TLS one, with a trustme certificate for localhost/127.0.0.1 (CA in
+        `ca_file`); plaintext defaults to tls-only then, else to always."""
         self.base = Path(tempfile.mkdtemp(prefix="popd-test-", dir="/tmp"))
         os.chmod(self.base, 0o755)
         self.spool = self.base / "spool"
         self.spool.mkdir(mode=0o755)
         self.port = free_port(listen_host)
         self.host = listen_host
+        self.tls_port = self.ca = self.ca_file = None
         self.passwd_file = self.base / "passwd"
         lines = []
         for login, (password, uid, gid) in users.items():
@@ -69,12 +74,45 @@ class Daemon:
                        "shutdown_grace": 5, **(limits or {})},
             "logging": {"target": "stderr", "level": "debug"},
         }
+        cfg["auth"]["plaintext"] = plaintext or ("tls-only" if tls else "always")
+        if tls:
+            self.tls_port = free_port(listen_host)
+            cfg["listen"] = [
+                {"address": listen_host, "port": self.port, "tls": "starttls"},
+                {"address": listen_host, "port": self.tls_port, "tls": "implicit"}]
+            cfg["tls"] = self.make_certificate()
         for key, value in (extra or {}).items():
-            cfg[key] = value
+            # Sections are merged, so a test can set one key of "mail".
+            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+                cfg[key] = {**cfg[key], **value}
+            else:
+                cfg[key] = value
         self.config = self.base / "popd.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
         self.logfile = self.base / "popd.log"
         self.proc = None
+
+    def make_certificate(self):
+        """A throwaway CA and a server certificate (fetchmail wants the
+        common name, and checks it as a DNS name: poll localhost)."""
+        import trustme
+        self.ca = trustme.CA()
+        cert = self.ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
+        self.ca_file = self.base / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        cert_file, key_file = self.base / "cert.pem", self.base / "key.pem"
+        cert.private_key_pem.write_to_path(str(key_file))
+        os.chmod(key_file, 0o600)
+        with open(cert_file, "wb") as f:
+            for blob in cert.cert_chain_pems:
+                f.write(blob.bytes())
+        return {"cert": str(cert_file), "key": str(key_file)}
+
+    def client_context(self):
+        """An ssl client context that trusts this daemon's CA."""
+        import ssl
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        return ctx
 
     # -- mailboxes -----------------------------------------------------------
     def write_mbox(self, login, data, uid=None):

@@ -259,3 +259,69 @@ def test_retr_of_a_100mb_message_keeps_memory_bounded(popd):
     c.quit()
 
 
+
+
+# -- a real MDA and the dot-lock helper -------------------------------------------
+
+PROCMAIL = "/usr/bin/procmail"
+needs_procmail = pytest.mark.skipif(not os.path.exists(PROCMAIL), reason="procmail missing")
+DELIVERED = b"From: mda@example.org\nSubject: delivered by procmail\n\nhello from procmail\n"
+
+
+def procmail_deliver(d, user="alice"):
+    """Deliver DELIVERED to the user's mbox with procmail, as the owner,
+    taking its usual locks (dot-lock + fcntl); returns the finished process."""
+    import subprocess
+    uid = USERS[user][1]
+    rc = d.base / "procmailrc"
+    rc.write_text(":0:\n$MBOX\n")
+    os.chmod(rc, 0o644)
+    return subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", PROCMAIL, "-m",
+         "-f", "mda@example.org", f"MBOX={d.spool / user}", "LOCKSLEEP=1", str(rc)],
+        input=DELIVERED, env={"PATH": "/usr/bin:/bin", "HOME": str(d.base), "SHELL": "/bin/sh"},
+        cwd=d.base, capture_output=True, timeout=30)
+
+
+@needs_procmail
+def test_procmail_delivers_during_a_session_and_nothing_is_lost(popd):
+    os.chmod(popd.spool, 0o1777)        # procmail and popd may both dot-lock here
+    popd.write_mbox("alice", msg(1) + msg(2) + msg(3))
+    c = pop(popd)
+    c.dele(2)
+    started = time.monotonic()
+    run = procmail_deliver(popd)
+    assert run.returncode == 0
+    assert time.monotonic() - started < 5          # not blocked by the open session
+    c.quit()
+    data = (popd.spool / "alice").read_bytes()
+    assert data.startswith(msg(1) + msg(3) + b"From mda@example.org ")
+    assert data.endswith(DELIVERED + b"\n")
+    c = pop(popd)
+    assert c.stat()[0] == 3
+    assert c.retr(3)[1][-1] == b"hello from procmail"
+    c.quit()
+
+
+@needs_procmail
+def test_dotlock_group_helper_locks_for_the_session():
+    mail_gid = 60200
+    with Daemon(extra={"mail": {"dotlock_group": mail_gid}}) as d:
+        os.chown(d.spool, 0, mail_gid)
+        os.chmod(d.spool, 0o2775)          # Debian's /var/mail: 2775 root:mail
+        d.write_mbox("alice", msg(1) + msg(2))
+        c = pop(d)
+        (child,) = d.wait_for_pids("child session", 1)
+        st = open(f"/proc/{child}/status").read()
+        gids = [line for line in st.splitlines() if line.startswith(("Gid:", "Groups:"))]
+        assert str(mail_gid) not in " ".join(gids)      # the session never holds it
+        from tests.daemon import descendants, status
+        helpers = [p for p in descendants(child) if status(p)["Gid"].split()[0] == str(mail_gid)]
+        assert len(helpers) == 1                        # its lock helper does
+        st = status(helpers[0])
+        assert st["Uid"].split()[0] == str(USERS["alice"][1]) and st["CapPrm"] == "0" * 16
+        c.dele(1)
+        c.quit()
+        assert (d.spool / "alice").read_bytes() == msg(2)
+        assert not (d.spool / "alice.lock").exists()
+        assert "cannot lock" not in d.log()
