@@ -2,19 +2,29 @@
 
 Runs in: the front (uid login_user, chrooted, no capabilities).
 
-The front never decides whether a password is right: PASS becomes an
-AUTH_REQUEST to the broker, and only the child (once it is the mailbox
-owner and holds the mailbox) can make the front say +OK.  Until then every
-wait is bounded by the login deadline that started at the greeting.
+The front never decides whether a password is right: PASS and AUTH PLAIN
+become the same AUTH_REQUEST to the broker, and only the child (once it is
+the mailbox owner and holds the mailbox) can make the front say +OK.
+Every wait, the TLS handshake included, is bounded by the login deadline
+that started when the front received the connection.
+
+Plaintext credentials (USER/PASS, SASL PLAIN) are accepted only where
+auth.plaintext allows them: over TLS, or everywhere with `always`.  Where
+they are not, CAPA does not offer them and they are refused with [AUTH]
+before anything reaches the broker.
 """
 import select
 import time
 
-from . import ipc, limits
+from . import ipc, limits, sasl, tls
 from .ipc import Channel, Role
+from .linereader import OVERLONG, Timeout
+from .logsetup import log
 from .protocol import Closing, Session, State
 
-CAPABILITIES = [b"USER", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+# RFC 2449: offered on every connection (the child implements them).
+BASE_CAPABILITIES = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE",
+                     b"PIPELINING"]
 
 GREETING = "POP3 server ready"
 ERR_AUTH = "Authentication failed"
@@ -22,16 +32,30 @@ ERR_NEED_USER = "Send USER first"
 ERR_LOGIN_TIMEOUT = "Login timed out"
 ERR_TOO_MANY_FAILURES = "Too many authentication failures"
 ERR_TEMP = "Temporary problem, try again later"
+ERR_NEED_TLS = "Plaintext authentication is disabled without TLS"
+ERR_TLS_ACTIVE = "TLS is already active"
+ERR_NO_STLS = "STLS is not available on this port"
+ERR_MECHANISM = "Unsupported authentication mechanism"
+ERR_CANCELLED = "Authentication cancelled"
+ERR_SASL_LONG = "SASL response too long"
+OK_BEGIN_TLS = "Begin TLS negotiation"
 
 
 class FrontSession(Session):
     state = State.AUTHORIZATION
 
-    def __init__(self, sock, cfg, broker, child):
+    def __init__(self, sock, cfg, broker, child, tls_mode="none",
+                 peer_ip="?", deadline=None):
         super().__init__(sock, cfg.limits.max_bad_commands)
         self.broker = broker
         self.child = child
-        self.login_deadline = time.monotonic() + cfg.limits.login_deadline
+        self.tls_mode = tls_mode            # the listener's: none | starttls | implicit
+        self.peer_ip = peer_ip
+        self.plaintext_always = cfg.auth.plaintext == "always"
+        self.implementation = cfg.implementation
+        self.login_deadline = (deadline if deadline is not None else
+                               time.monotonic() + cfg.limits.login_deadline)
+        self.tls = None                     # the SSLSocket once TLS is up
         self.user = None
         self.logged_in = False
 
@@ -47,16 +71,74 @@ class FrontSession(Session):
     def greet(self):
         self.ok(GREETING)
 
+    # -- TLS -----------------------------------------------------------------
+    def start_tls(self):
+        """Handshake on the client socket (implicit TLS before the greeting,
+        or after STLS's +OK); raises Closing if it fails or times out."""
+        raw = self.sock
+        try:
+            ssock = tls.handshake(raw, self.login_deadline)
+        except tls.HandshakeFailed as e:
+            log.info("TLS handshake failed: rip=%s, reason=%s", self.peer_ip,
+                     e.args[0])
+            raise Closing("TLS handshake failed") from None
+        self.tls = ssock
+        self.sock = self.reader.sock = tls.TLSStream(ssock)
+        log.info("TLS: rip=%s, %s", self.peer_ip, tls.describe(ssock))
+
+    def plaintext_allowed(self):
+        return self.plaintext_always or self.tls is not None
+
+    def capabilities(self):
+        """RFC 2449: exactly what this connection may use right now."""
+        caps = list(BASE_CAPABILITIES)
+        if self.plaintext_allowed():
+            caps += [b"USER", b"SASL " + " ".join(sasl.MECHANISMS).encode()]
+        if self.tls_mode == "starttls" and self.tls is None:
+            caps.append(b"STLS")
+        if self.implementation:
+            caps.append(b"IMPLEMENTATION " + self.implementation.encode("ascii"))
+        return caps
+
+    def refuse(self, text, code=None):
+        """An -ERR (with an RFC 3206 code) that spends the bad-command budget."""
+        if self.bad_budget <= 0:
+            self.bad(text)                  # the last of the budget: closes
+        self.bad_budget -= 1
+        self.err(text, code=code)
+
     # -- commands ------------------------------------------------------------
     def cmd_capa(self):
         self.ok("Capability list follows")
-        self.multiline(CAPABILITIES)
+        self.multiline(self.capabilities())
 
     def cmd_quit(self):
         self.ok("Bye")
         raise Closing("quit")
 
+    def cmd_stls(self):
+        if self.tls is not None:
+            self.refuse(ERR_TLS_ACTIVE)
+            return
+        if self.tls_mode != "starttls":
+            self.refuse(ERR_NO_STLS)
+            return
+        self.ok(OK_BEGIN_TLS)
+        self.flush()
+        # RFC 2595 section 4 / CVE-2011-0411: whatever the client sent after
+        # STLS and before the handshake was not protected by it; it is
+        # dropped, never executed inside TLS.
+        dropped = len(self.reader.take_buffered())
+        if dropped:
+            log.info("STLS: rip=%s, discarding %d bytes sent before the "
+                     "handshake", self.peer_ip, dropped)
+        self.user = None
+        self.start_tls()
+
     def cmd_user(self, name):
+        if not self.plaintext_allowed():
+            self.refuse(ERR_NEED_TLS, code="AUTH")
+            return
         if len(name) > limits.MAX_LOGIN:
             self.bad(ERR_AUTH)
             return
@@ -67,6 +149,9 @@ class FrontSession(Session):
 
     def cmd_pass(self, secret):
         user, self.user = self.user, None
+        if not self.plaintext_allowed():
+            self.refuse(ERR_NEED_TLS, code="AUTH")
+            return
         if user is None:
             self.bad(ERR_NEED_USER)
             return
@@ -74,6 +159,53 @@ class FrontSession(Session):
             self.err(ERR_AUTH, code="AUTH")
             return
         self.authenticate("", user, secret, "PASS")
+
+    def cmd_auth(self, mechanism=None, initial=None):
+        """RFC 5034.  No argument: list the mechanisms.  PLAIN with or
+        without an initial response; a response line may be up to
+        limits.MAX_SASL_LINE octets; "*" cancels."""
+        self.user = None
+        if not self.plaintext_allowed():
+            self.refuse(ERR_NEED_TLS, code="AUTH")
+            return
+        if mechanism is None:
+            self.ok("Mechanisms follow")
+            self.multiline(m.encode() for m in sasl.MECHANISMS)
+            return
+        if mechanism.upper() not in sasl.MECHANISMS:
+            self.refuse(ERR_MECHANISM)
+            return
+        if initial is None:
+            self.out += b"+ \r\n"           # empty challenge: PLAIN is client-first
+            self.flush()
+            response = self.read_sasl_line()
+            if response is None:
+                return
+        else:
+            response = initial.encode("ascii")
+        if response == sasl.CANCEL:
+            self.err(ERR_CANCELLED)
+            return
+        try:
+            creds = sasl.parse_plain(sasl.decode_response(response))
+        except sasl.SaslError as e:
+            code = "AUTH" if e.args[0] == sasl.ERR_AUTHZID else None
+            self.refuse(e.args[0], code=code)
+            return
+        self.authenticate(creds.authzid, creds.authcid, creds.secret, "PLAIN")
+
+    def read_sasl_line(self):
+        """The client's continuation line, or None after answering -ERR."""
+        try:
+            line = self.reader.read_line(self.login_deadline,
+                                         max_line=limits.MAX_SASL_LINE)
+        except Timeout:
+            self.err(ERR_LOGIN_TIMEOUT)
+            raise Closing("login timeout") from None
+        if line is OVERLONG:
+            self.refuse(ERR_SASL_LONG)
+            return None
+        return line
 
     # -- the login exchange with the broker and the child ---------------------
     def authenticate(self, authzid, authcid, secret, method):
@@ -124,3 +256,12 @@ class FrontSession(Session):
         if msg.name not in expected:
             raise ipc.Closed(f"unexpected {msg.name}")
         return msg
+
+    def close(self):
+        """End a connection that did not log in (TLS: close_notify first)."""
+        if self.tls is not None:
+            tls.close_notify(self.tls, linger=min(
+                tls.CLOSE_LINGER, max(0.0, self.login_deadline - time.monotonic())))
+            self.tls.close()
+            return
+        super().close()

@@ -13,11 +13,14 @@ import grp
 import ipaddress
 import os
 import pwd
+import ssl
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import yaml
+
+from .tls import MOZILLA_INTERMEDIATE_CIPHERS
 
 try:                                    # libyaml is in the PyYAML wheels
     _BaseLoader = yaml.CSafeLoader
@@ -153,16 +156,34 @@ def listen_list(v):
             tls = choice("none", "starttls", "implicit")(item.get("tls", "none"))
         except Problem as e:
             raise Problem(f"{where}: {e}") from None
-        if tls != "none":
-            raise Problem(f"{where}.tls: {tls!r} is not available in this "
-                          f"version (TLS is not implemented yet); allowed: none")
         if (str(addr), port) in seen:
             raise Problem(f"{where}: {addr} port {port} is listed twice")
         seen.add((str(addr), port))
         out.append(types.SimpleNamespace(address=str(addr), port=port,
                                          tls=tls, family=addr.version))
     return out
-listen_list.doc = "list of {address, port, tls: none}"
+listen_list.doc = "list of {address, port, tls: none | starttls | implicit}"
+
+
+def cipher_list(v):
+    """An OpenSSL TLS 1.2 cipher string that selects at least one suite."""
+    if not isinstance(v, str) or not v or not v.isascii():
+        raise Problem(f"{v!r} is not an OpenSSL cipher list")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(v)
+    except ssl.SSLError:
+        raise Problem(f"{v!r} selects no cipher; see ciphers(1ssl)") from None
+    return v
+cipher_list.doc = "OpenSSL cipher list"
+
+
+def announce(v):
+    """Text for CAPA IMPLEMENTATION: printable ASCII, 1..64 characters."""
+    if (not isinstance(v, str) or not 1 <= len(v) <= 64 or not v.isascii()
+            or not v.isprintable()):
+        raise Problem(f"{v!r} is not 1..64 printable ASCII characters")
+    return v
+announce.doc = "text, 1..64 printable ASCII characters"
 
 
 # -- the declaration table --------------------------------------------------
@@ -229,8 +250,37 @@ KEYS = [
     Key("limits.max_bad_commands", integer(1, 1000), 10,
         "Bad commands (unknown, malformed, out of state, overlong) a "
         "connection may send before it is closed."),
+    Key("limits.max_auth_failures", integer(1, 20), 3,
+        "Failed logins one connection may make; the last one ends it."),
+    Key("limits.auth_delay_min", integer(0, 60), 2,
+        "Seconds the broker waits before answering once an address or a "
+        "user has failed within auth_failure_window; doubles with each "
+        "further failure.  0 turns the delays off."),
+    Key("limits.auth_delay_max", integer(0, 600), 30,
+        "Cap on that delay, in seconds."),
+    Key("limits.auth_failure_window", integer(10, 86400), 900,
+        "Seconds a failed login counts against its address and its user."),
+    Key("limits.auth_workers", integer(1, 32), 2,
+        "Broker processes that hash passwords in parallel."),
+    Key("limits.auth_queue", integer(8, 4096), 64,
+        "Logins waiting for a hashing worker, at most an eighth of them "
+        "from one address; beyond that [SYS/TEMP]."),
+    Key("limits.session_memory", integer(128, 65536), 1024,
+        "Address-space cap (MiB) of a logged-in session's process; the "
+        "interpreter alone maps about 100 MiB."),
     Key("limits.shutdown_grace", integer(0, 3600), 10,
         "Seconds TERM waits for sessions to end before killing them."),
+    Key("tls.cert", absolute_path, "/etc/popd/tls/cert.pem",
+        "PEM certificate chain, server certificate first; read at start "
+        "when a listener uses TLS.", False),
+    Key("tls.key", absolute_path, "/etc/popd/tls/key.pem",
+        "PEM private key, unencrypted, not readable by others (0600 or "
+        "0640); read only by the root supervisor.", False),
+    Key("tls.min_version", choice("TLSv1.2", "TLSv1.3"), "TLSv1.2",
+        "Oldest TLS version accepted.", False),
+    Key("tls.ciphers", cipher_list, MOZILLA_INTERMEDIATE_CIPHERS,
+        "OpenSSL cipher list for TLS 1.2 (TLS 1.3 uses OpenSSL's suites); "
+        "default: Mozilla intermediate.", False),
     Key("logging.target", choice("stderr", "syslog"), "stderr",
         "Where log lines go (syslog uses facility mail, ident popd)."),
     Key("logging.level", choice("debug", "info", "warning", "error"), "info",

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from . import limits
-from .linereader import OVERLONG, Disconnected, LineReader, Timeout
+from .linereader import OVERLONG, Disconnected, LineReader, Timeout, TooLong
 
 
 class State(enum.Enum):
@@ -33,6 +33,7 @@ class Syntax:
     min_args: int
     max_args: int
     rest_is_argument: bool = False   # PASS: the password may contain spaces
+    max_argument: int = 40           # RFC 1939 section 3
 
 
 COMMANDS = {
@@ -42,7 +43,8 @@ COMMANDS = {
     "PASS": Syntax(frozenset({AUTH}), 1, 1, rest_is_argument=True),
     "STLS": Syntax(frozenset({AUTH}), 0, 0),
     # RFC 5034: AUTH [mechanism [initial-response]]; no argument lists them.
-    "AUTH": Syntax(frozenset({AUTH}), 0, 2),
+    "AUTH": Syntax(frozenset({AUTH}), 0, 2,
+                   max_argument=limits.MAX_COMMAND_LINE),   # initial response
     "STAT": Syntax(frozenset({TRANS}), 0, 0),
     "LIST": Syntax(frozenset({TRANS}), 0, 1),
     "RETR": Syntax(frozenset({TRANS}), 1, 1),
@@ -53,9 +55,6 @@ COMMANDS = {
     "UIDL": Syntax(frozenset({TRANS}), 0, 1),
 }
 
-# RFC 1939 section 3: arguments may be up to 40 characters long.
-MAX_ARGUMENT = 40
-
 # Reply texts: constants, never built from client input.
 ERR_UNKNOWN = "Unknown command"
 ERR_STATE = "Command not valid in this state"
@@ -63,6 +62,7 @@ ERR_ARGS = "Wrong number of arguments"
 ERR_ARG_LONG = "Argument too long"
 ERR_BAD_BYTES = "Invalid characters in command"
 ERR_LINE_LONG = "Line too long"
+ERR_LINE_LONG_CLOSING = "Line too long, closing connection"
 ERR_TOO_MANY_BAD = "Too many bad commands, closing connection"
 ERR_IDLE = "Disconnected for inactivity"
 
@@ -87,7 +87,7 @@ def parse(line):
         if not rest.isascii():
             return ERR_BAD_BYTES
         args = rest.decode("ascii").split()
-        if any(len(a) > MAX_ARGUMENT for a in args):
+        if any(len(a) > syntax.max_argument for a in args):
             return ERR_ARG_LONG
     if not syntax.min_args <= len(args) <= syntax.max_args:
         return ERR_ARGS
@@ -204,6 +204,10 @@ class Session:
         except Closing as e:
             self.flush_quietly()
             return str(e) or "closed"
+        except TooLong:
+            self.err(ERR_LINE_LONG_CLOSING)
+            self.flush_quietly()
+            return "line too long"
         except Disconnected:
             return "disconnected"
 

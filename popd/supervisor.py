@@ -20,7 +20,7 @@ import signal
 import time
 
 from . import (admission, broker, child, ipc, limits, listeners, privileges,
-               proctitle, trusted_files)
+               proctitle, tls, trusted_files)
 from .config import service_ids
 from .ipc import Channel, Role
 from .logsetup import log
@@ -48,6 +48,7 @@ class Supervisor:
         self.stop_deadline = None
         self.broker_sock = self.broker_pid = self.broker_pidfd = None
         self.service_uids, self.service_gids = service_ids(cfg)
+        self.draining = {}                  # slot id -> when its front is killed
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -55,6 +56,7 @@ class Supervisor:
         privileges.set_child_subreaper()
         self.setup_signals()
         self.fork_broker()
+        self.load_tls()
         # Everything allocated so far is shared copy-on-write with every
         # slot; freezing keeps the collector from touching (and so
         # copying) those pages in the children.
@@ -62,9 +64,28 @@ class Supervisor:
         gc.freeze()
         for listen, sock in self.sockets:
             self.sel.register(sock, selectors.EVENT_READ, (self.on_accept, listen))
+        if self.cfg.mail.dotlock_group is None:
+            log.info("mail.dotlock_group is not set: mailboxes are dot-locked "
+                     "only where their owner may create <mbox>.lock; fcntl "
+                     "locks (which MDAs take) are always used")
         log.info("ready: listening on %s; max_children=%d, spare_children=%d",
                  ", ".join(listeners.label(l) for l, _ in self.sockets),
                  self.cfg.limits.max_children, self.cfg.limits.spare_children)
+
+    def load_tls(self):
+        """Build the TLS context now: after the broker is forked (it never
+        holds the key) and before any slot is (fronts inherit the context;
+        chrooted and unprivileged, they could not read the key file)."""
+        if all(listen.tls == "none" for listen, _ in self.sockets):
+            if self.cfg.auth.plaintext == "tls-only":
+                log.warning("auth.plaintext is tls-only but no listener "
+                            "offers TLS: nobody can log in")
+            return
+        try:
+            tls.install(tls.build_context(self.cfg.tls))
+        except tls.TLSConfigError as e:
+            self.stop_broker()
+            raise StartupError(str(e)) from None
 
     def setup_signals(self):
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -268,8 +289,15 @@ class Supervisor:
             log.warning("slot %d (pid %d) exited before serving a client; next "
                         "spawn in %.1f s", slot.id, slot.pid, self.pool.backoff)
         self.reap()
-        # The slot is over: its front must not outlive it.
-        send_signal(slot.front_pidfd, signal.SIGKILL)
+        if slot.granted and slot.front_pidfd is not None:
+            # A TLS front is still piping the child's last bytes (the QUIT
+            # answer) to the client and sends close_notify; it gets as long
+            # as the child would have had to write them, not forever.
+            self.draining[slot.id] = (time.monotonic() + self.cfg.limits.idle_timeout
+                                      + limits.FRONT_KILL_GRACE)
+        else:
+            # The slot is over: its front must not outlive it.
+            send_signal(slot.front_pidfd, signal.SIGKILL)
         self.maybe_forget(slot)
 
     def on_front_exit(self, slot):
@@ -361,6 +389,15 @@ class Supervisor:
                 log.warning("slot %d: login deadline passed (rip=%s); killing "
                             "the front and the child", slot.id, slot.peer)
                 self.kill_slot(slot)
+        for sid, until in list(self.draining.items()):
+            slot = self.pool.slots.get(sid)
+            if slot is None or slot.front_pidfd is None:
+                del self.draining[sid]
+            elif now > until:
+                log.warning("slot %d: front still piping after its child "
+                            "ended; killing it", slot.id)
+                send_signal(slot.front_pidfd, signal.SIGKILL)
+                del self.draining[sid]
         while self.pending and now - self.pending[0][5] > self.cfg.limits.login_deadline:
             conn, _, _, _, key, _ = self.pending.popleft()
             admission.refuse(conn)
@@ -388,7 +425,12 @@ class Supervisor:
                 self.kill_slot(slot)
 
     def stop_broker(self):
-        send_signal(self.broker_pidfd, signal.SIGTERM)
+        """Close its channel: the broker stops its workers and exits; one
+        that does not within a few seconds is killed."""
+        self.broker_sock.close()
+        ready, _, _ = select.select([self.broker_pidfd], [], [], 5.0)
+        if not ready:
+            send_signal(self.broker_pidfd, signal.SIGKILL)
         try:
             os.waitpid(self.broker_pid, 0)
         except ChildProcessError:

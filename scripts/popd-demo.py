@@ -1,11 +1,15 @@
-"""Set up and run a throwaway popd demo on 127.0.0.1:1110.
+"""Set up and run a throwaway popd demo: STLS on 127.0.0.1:1110 and
+implicit TLS on 127.0.0.1:1995.
 
 Everything lives in a fresh temporary directory: config, passwd file
-(account demo / password demo), a sample mbox, the state directory and the
-fronts' chroot.  Numeric uids stand in for the popd system users, so
-nothing is added to /etc/passwd.  Ctrl-C stops the server.
+(account demo / password demo), a sample mbox, a self-signed certificate
+made with `openssl req -x509`, the state directory and the fronts' chroot.
+Numeric uids stand in for the popd system users, so nothing is added to
+/etc/passwd.  Passwords are accepted only over TLS (auth.plaintext:
+tls-only, the default).  Ctrl-C stops the server.
 """
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -13,7 +17,8 @@ import yaml
 
 from popd import passwd
 
-PORT = int(os.environ.get("POPD_DEMO_PORT", "1110"))
+PORT = int(os.environ.get("POPD_DEMO_PORT", "1110"))              # STLS
+TLS_PORT = int(os.environ.get("POPD_DEMO_TLS_PORT", "1995"))      # implicit TLS
 POPD, LOGIN, AUTH, DEMO = 60090, 60091, 60092, 60100
 
 SAMPLE = b"""From alice@example.org Thu Nov 26 09:00:00 2026
@@ -36,6 +41,24 @@ Date: Thu, 26 Nov 2026 10:00:00 +0000
 """
 
 
+def make_certificate(base):
+    """A throwaway self-signed certificate for localhost and 127.0.0.1."""
+    cert, key = os.path.join(base, "cert.pem"), os.path.join(base, "key.pem")
+    try:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30",
+             "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+             "-keyout", key, "-out", cert],
+            check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        sys.exit(f"popd-demo: cannot make a certificate with openssl: {e}")
+    os.chmod(key, 0o600)
+    os.chmod(cert, 0o644)
+    return cert, key
+
+
 def main():
     base = tempfile.mkdtemp(prefix="popd-demo-")
     os.chmod(base, 0o755)
@@ -52,12 +75,15 @@ def main():
         f.write(passwd.format_entry("demo", stored, DEMO, DEMO) + "\n")
     os.chown(passwd_file, 0, AUTH)
     os.chmod(passwd_file, 0o640)
+    cert, key = make_certificate(base)
     cfg = {
-        "listen": [{"address": "127.0.0.1", "port": PORT, "tls": "none"}],
+        "listen": [{"address": "127.0.0.1", "port": PORT, "tls": "starttls"},
+                   {"address": "127.0.0.1", "port": TLS_PORT, "tls": "implicit"}],
+        "tls": {"cert": cert, "key": key},
+        "auth": {"passwd_file": passwd_file, "plaintext": "tls-only"},
         "user": POPD, "group": POPD, "login_user": LOGIN, "login_group": LOGIN,
         "broker_user": AUTH, "broker_group": AUTH,
         "login_chroot": os.path.join(base, "empty"),
-        "auth": {"passwd_file": passwd_file},
         "mail": {"mbox": os.path.join(spool, "%u"), "state_dir": os.path.join(base, "state"),
                  "first_valid_uid": DEMO, "first_valid_gid": DEMO},
         "limits": {"max_children": 16, "spare_children": 2},
@@ -70,10 +96,15 @@ def main():
 popd demo: {base}
   account demo, password demo, 2 messages in {mbox}
 
+  STLS on 127.0.0.1:{PORT}, implicit TLS on 127.0.0.1:{TLS_PORT}
+  self-signed certificate {cert}
+
 Connect with:
-  curl -u demo:demo pop3://127.0.0.1:{PORT}/        # LIST
-  curl -u demo:demo pop3://127.0.0.1:{PORT}/1       # RETR 1
-  python3 -c "import poplib; p = poplib.POP3('127.0.0.1', {PORT}); p.user('demo'); p.pass_('demo'); print(p.stat()); print(b'\\n'.join(p.retr(1)[1]).decode()); p.quit()"
+  curl --cacert {cert} --ssl-reqd -u demo:demo pop3://127.0.0.1:{PORT}/     # STLS, LIST
+  curl --cacert {cert} -u demo:demo pop3s://127.0.0.1:{TLS_PORT}/1          # implicit TLS, RETR 1
+  openssl s_client -quiet -starttls pop3 -connect 127.0.0.1:{PORT} -CAfile {cert}
+  python3 -c "import poplib, ssl; p = poplib.POP3('127.0.0.1', {PORT}); p.stls(context=ssl.create_default_context(cafile='{cert}')); p.user('demo'); p.pass_('demo'); print(p.stat()); print(b'\\n'.join(p.retr(1)[1]).decode()); p.quit()"
+  python3 -c "import poplib, ssl; p = poplib.POP3_SSL('127.0.0.1', {TLS_PORT}, context=ssl.create_default_context(cafile='{cert}')); p.user('demo'); p.pass_('demo'); print(p.list()); p.quit()"
 
 Stop with Ctrl-C.
 """, flush=True)

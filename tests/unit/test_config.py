@@ -60,10 +60,23 @@ def test_bad_values_name_key_value_and_range(tmp_path, extra, expected):
     assert any(expected in p for p in found), found
 
 
-def test_tls_is_refused_until_implemented(tmp_path):
-    text = GOOD.replace("tls: none", "tls: starttls")
-    (p,) = problems(tmp_path, text)
-    assert "listen: [0].tls: 'starttls' is not available" in p
+def test_tls_listeners_and_keys(tmp_path):
+    cfg = config.load(write(tmp_path, GOOD.replace("tls: none", "tls: implicit")))
+    assert cfg.listen[0].tls == "implicit" and cfg.auth.plaintext == "tls-only"
+    assert cfg.tls.min_version == "TLSv1.2" and "CHACHA20" in cfg.tls.ciphers
+    assert cfg.implementation is None
+    listeners = GOOD.split("user:")[0]
+    for replace, extra, expected in [
+        (listeners, "listen: [{address: 127.0.0.1, port: 1, tls: yes}]\n",
+         "[0]: True is not allowed; allowed: none, starttls, implicit"),
+        ("", "tls: {min_version: TLSv1.1}\n", "tls.min_version: 'TLSv1.1' is not allowed"),
+        ("", "tls: {ciphers: NOSUCHCIPHER}\n", "tls.ciphers: 'NOSUCHCIPHER' selects no cipher"),
+        ("", "auth: {plaintext: never}\n", "auth.plaintext: 'never' is not allowed"),
+        ("", 'implementation: "a\\nb"\n', "implementation: 'a\\nb' is not 1..64 printable"),
+    ]:
+        text = GOOD.replace(replace, extra) if replace else GOOD + extra
+        found = problems(tmp_path, text)
+        assert any(expected in p for p in found), found
 
 
 def test_root_and_shared_identities_are_refused(tmp_path):

@@ -1,0 +1,511 @@
+"""TLS and SASL end to end: STLS and implicit TLS on the real daemon, the
+front as a plaintext pipe, the handshake under the login deadline, no
+resumption across fronts, STLS command injection, AUTH PLAIN, and the
+start-up errors for bad certificates and keys."""
+import os
+import socket
+import ssl
+import time
+
+import pytest
+import yaml
+
+from popd import privileges, sasl
+from tests import replies
+from tests.daemon import LOGIN_UID, USERS, Daemon, status
+from tests.system.test_foundation import MBOX, OCTETS, caps, socket_kinds
+from tests.system.test_sandbox import in_child
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
+
+NO_CAPS = "0000000000000000"
+BASE_CAPA = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+PLAIN_CAPA = [b"USER", b"SASL PLAIN"]
+# A password whose PLAIN initial response is longer than RFC 1939's 40
+# characters per argument (but fits the 255-octet command line).
+CAROL = ("a much longer passphrase, 40 characters!", 61003, 61003)
+USERS_TLS = {**USERS, "carol": CAROL}
+
+
+class Client:
+    """A line-oriented POP3 client over a socket that can switch to TLS.
+    It keeps its own buffer, so a test can prove that nothing arrived in
+    the clear between STLS's +OK and the handshake."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    @classmethod
+    def connect(cls, d, port=None, timeout=10):
+        return cls(socket.create_connection((d.host, port or d.port), timeout=timeout))
+
+    @classmethod
+    def implicit(cls, d, ctx=None, **kw):
+        client = cls.connect(d, d.tls_port)
+        client.wrap(ctx or d.client_context(), **kw)
+        return client
+
+    def wrap(self, ctx, **kw):
+        assert self.buf == b"", self.buf
+        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost", **kw)
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError(self.buf)
+            self.buf += data
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def command(self, text):
+        self.send(text + b"\r\n")
+        return self.line()
+
+    def multiline(self):
+        lines = []
+        while (line := self.line()) != b".":
+            lines.append(line[1:] if line.startswith(b"..") else line)
+        return lines
+
+    def capa(self):
+        assert self.command(b"CAPA").startswith(b"+OK")
+        return self.multiline()
+
+    def starttls(self, d, **kw):
+        assert self.command(b"STLS") == replies.BEGIN_TLS
+        self.wrap(d.client_context(), **kw)
+
+    def login(self, user="alice"):
+        assert self.command(b"USER " + user.encode()) == b"+OK"
+        assert self.command(b"PASS " + USERS_TLS[user][0].encode()) == replies.LOGGED_IN
+
+    def close(self):
+        self.sock.close()
+
+
+def nothing_arrives(client, seconds=0.5):
+    client.sock.settimeout(seconds)
+    try:
+        data = client.sock.recv(100)
+    except (socket.timeout, TimeoutError):
+        data = None
+    client.sock.settimeout(10)
+    return data is None and client.buf == b""
+
+
+@pytest.fixture(scope="module")
+def popd():
+    with Daemon(tls=True, users=USERS_TLS,
+                limits={"max_children": 16, "max_per_ip": 16}) as d:
+        d.write_mbox("alice", MBOX)
+        d.write_mbox("carol", MBOX, uid=CAROL[1])
+        yield d
+
+
+# -- CAPA and the plaintext policy ---------------------------------------------
+
+def test_capa_follows_the_connection(popd):
+    c = Client.connect(popd)
+    assert c.line() == replies.GREETING
+    assert c.capa() == BASE_CAPA + [b"STLS"]            # tls-only: no USER, no SASL
+    c.starttls(popd)
+    assert c.capa() == BASE_CAPA + PLAIN_CAPA           # no STLS inside TLS
+    c.close()
+    c = Client.implicit(popd)
+    assert c.line() == replies.GREETING
+    assert c.capa() == BASE_CAPA + PLAIN_CAPA
+    c.close()
+
+
+def test_plaintext_credentials_are_refused_in_the_clear(popd):
+    before = popd.log().count("auth failed")
+    c = Client.connect(popd)
+    c.line()
+    for cmd in (b"USER alice", b"PASS " + USERS["alice"][0].encode(), b"AUTH",
+                b"AUTH PLAIN " + sasl.encode_plain("alice", USERS["alice"][0])):
+        assert c.command(cmd) == replies.NEED_TLS
+    c.starttls(popd)                                    # the same connection goes on
+    c.login()
+    assert c.command(b"STAT") == b"+OK 2 %d" % sum(OCTETS)
+    assert c.command(b"QUIT").startswith(b"+OK")
+    c.close()
+    assert popd.log().count("auth failed") == before    # the broker was never asked
+
+
+# -- STLS ------------------------------------------------------------------------
+
+def test_stls_injection_is_discarded(popd):
+    c = Client.connect(popd)
+    c.line()
+    c.send(b"STLS\r\nCAPA\r\n")                         # one segment
+    assert c.line() == replies.BEGIN_TLS
+    c.wrap(popd.client_context())
+    assert nothing_arrives(c)                           # no CAPA answer inside TLS
+    assert c.capa() == BASE_CAPA + PLAIN_CAPA
+    c.close()
+    popd.wait_for_log("discarding 6 bytes sent before the handshake")
+
+    # Injected USER is not executed either, and STLS forgets any earlier USER.
+    c = Client.connect(popd)
+    c.line()
+    c.send(b"STLS\r\nUSER alice\r\n")
+    assert c.line() == replies.BEGIN_TLS
+    c.wrap(popd.client_context())
+    assert nothing_arrives(c)
+    assert c.command(b"PASS " + USERS["alice"][0].encode()) == b"-ERR Send USER first"
+    c.close()
+
+
+def test_stls_refused_twice_on_implicit_and_after_login(popd):
+    c = Client.connect(popd)
+    c.line()
+    c.starttls(popd)
+    assert c.command(b"STLS") == replies.TLS_ACTIVE
+    c.login()
+    assert c.command(b"STLS") == replies.BAD_STATE      # the child's answer
+    assert c.command(b"QUIT").startswith(b"+OK")
+    c.close()
+    c = Client.implicit(popd)
+    c.line()
+    assert c.command(b"STLS") == replies.TLS_ACTIVE
+    c.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tls_1_0_and_1_1_are_refused(popd):
+    for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cafile=str(popd.ca_file))
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")          # let the client offer it
+        ctx.minimum_version = ctx.maximum_version = version
+        with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION|protocol version"):
+            Client.implicit(popd, ctx)
+        c = Client.connect(popd)
+        c.line()
+        assert c.command(b"STLS") == replies.BEGIN_TLS
+        with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION|protocol version"):
+            c.wrap(ctx)
+        c.close()
+    popd.wait_for_log("reason=UNSUPPORTED_PROTOCOL")
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_sessions_are_not_resumable(popd, version):
+    ctx = popd.client_context()
+    ctx.minimum_version = ctx.maximum_version = version
+    first = Client.implicit(popd, ctx)
+    assert first.line() == replies.GREETING             # TLS 1.3 tickets would be here
+    assert first.command(b"QUIT").startswith(b"+OK")
+    session = first.sock.session
+    first.close()
+    second = Client.implicit(popd, ctx, session=session)   # served by another front
+    assert second.line() == replies.GREETING
+    assert not second.sock.session_reused
+    assert not session.has_ticket
+    assert second.sock.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2",
+                                     ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
+    second.close()
+
+
+def test_alpn_pop3_is_offered_not_required(popd):
+    ctx = popd.client_context()
+    ctx.set_alpn_protocols(["pop3"])
+    c = Client.implicit(popd, ctx)
+    assert c.sock.selected_alpn_protocol() == "pop3"
+    c.close()
+    ctx = popd.client_context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    c = Client.implicit(popd, ctx)
+    assert c.sock.selected_alpn_protocol() is None
+    assert c.line() == replies.GREETING
+    c.close()
+
+
+# -- the pipe --------------------------------------------------------------------
+
+def test_close_notify_ends_every_tls_connection(popd):
+    for logged_in in (False, True):
+        c = Client.implicit(popd, suppress_ragged_eofs=False)
+        c.line()
+        if logged_in:
+            c.login()
+        assert c.command(b"QUIT").startswith(b"+OK")
+        assert c.sock.recv(100) == b""                  # SSLEOFError without close_notify
+        c.close()
+
+
+def test_pipelined_login_and_large_message_through_the_pipe(popd):
+    body = b"".join(b"line %07d " % i + b"x" * 60 + b"\n" for i in range(60000))
+    big = (b"From big@example.org Thu Nov 26 12:00:00 2026\n"
+           b"From: big@example.org\nSubject: big\n\n" + body + b"\n")
+    popd.write_mbox("carol", MBOX + big, uid=CAROL[1])
+    try:
+        c = Client.implicit(popd)
+        c.line()
+        c.send(b"USER carol\r\nPASS " + CAROL[0].encode() + b"\r\nSTAT\r\nRETR 3\r\n"
+               b"RETR 1\r\nQUIT\r\n")
+        assert c.line() == b"+OK"
+        assert c.line() == replies.LOGGED_IN
+        assert c.line().startswith(b"+OK 3 ")
+        assert c.line().startswith(b"+OK")
+        expected = b"From: big@example.org\r\nSubject: big\r\n\r\n" + body.replace(b"\n", b"\r\n")
+        assert b"\r\n".join(c.multiline()) + b"\r\n" == expected
+        assert c.line().startswith(b"+OK")
+        assert c.multiline()[0] == b"From: a@example.org"
+        assert c.line().startswith(b"+OK Bye")
+        c.close()
+    finally:
+        popd.write_mbox("carol", MBOX, uid=CAROL[1])
+
+
+def child_and_front(popd):
+    (child,) = popd.wait_for_pids("child session", 1)
+    fronts = [pid for pid in popd.pids("front")
+              if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1] == str(child)]
+    return child, fronts
+
+
+def gone(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def wait_gone(pids, timeout=5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(gone(p) for p in pids):
+        time.sleep(0.05)
+    return all(gone(p) for p in pids)
+
+
+def test_front_stays_as_an_unprivileged_pipe(popd):
+    c = Client.implicit(popd)
+    c.line()
+    c.login()
+    assert c.command(b"STAT").startswith(b"+OK")
+    child, fronts = child_and_front(popd)
+    assert len(fronts) == 1
+    front = fronts[0]
+    st = status(front)
+    assert st["Uid"].split() == [str(LOGIN_UID)] * 4
+    assert caps(st) == (NO_CAPS, NO_CAPS, NO_CAPS)
+    assert os.readlink(f"/proc/{front}/root") == str(popd.base / "empty")
+    # The front: the client's TCP socket and its end of the socketpair; the
+    # channels to the broker and the child are closed.
+    kinds = socket_kinds(front)
+    assert kinds == {"/dev/null": 3, "tcp": 1, "unix": 1}, kinds
+    # The child never touches the TCP socket: it reads the socketpair.
+    kinds = socket_kinds(child)
+    assert "tcp" not in kinds and kinds.get("unix") == 2, kinds   # supervisor + pipe
+    assert c.command(b"QUIT").startswith(b"+OK")
+    c.close()
+    assert wait_gone([child, front])
+
+
+def test_a_front_cannot_open_the_key_file(popd):
+    """The fronts hold the context, never the file: the same sandbox as a
+    real front (privileges.sandbox_front) cannot open it."""
+    key = str(popd.base / "key.pem")
+    assert open(key, "rb").read(10)                     # root can
+
+    def attack():
+        privileges.sandbox_front(str(popd.base / "empty"), LOGIN_UID, LOGIN_UID)
+        for path in (key, "/key.pem", "key.pem"):
+            try:
+                open(path, "rb")
+                return 1
+            except OSError:
+                pass
+        return 0
+    assert in_child(attack) == 0
+
+
+def test_client_vanishing_ends_child_and_front(popd):
+    c = Client.implicit(popd)
+    c.line()
+    c.login()
+    child, (front,) = child_and_front(popd)
+    c.close()                           # no close_notify, no QUIT
+    assert wait_gone([child, front])
+    popd.wait_for_log("reason=disconnected")
+
+
+# -- SASL ------------------------------------------------------------------------
+
+def test_auth_plain_dialogue(popd):
+    before = popd.log().count("auth failed")
+    c = Client.implicit(popd)
+    c.line()
+    assert c.command(b"AUTH") == b"+OK Mechanisms follow"
+    assert c.multiline() == [b"PLAIN"]
+    assert c.command(b"AUTH CRAM-MD5") == replies.SASL_MECHANISM
+    assert c.command(b"AUTH PLAIN") == replies.SASL_CONTINUE
+    assert c.command(b"*") == replies.SASL_CANCELLED
+    assert c.command(b"AUTH PLAIN") == replies.SASL_CONTINUE
+    assert c.command(b"not base64!") == replies.SASL_MALFORMED
+    assert c.command(b"AUTH PLAIN") == replies.SASL_CONTINUE
+    assert c.command(b"A" * 3000) == replies.SASL_TOO_LONG        # drained, not buffered
+    assert c.command(b"AUTH PLAIN =") == replies.SASL_MALFORMED
+    assert c.command(b"AUTH PLAIN " + sasl.encode_plain("alice", "x", authzid="bob")) \
+        == replies.SASL_AUTHZID
+    assert popd.log().count("auth failed") == before              # none reached the broker
+    assert c.command(b"AUTH PLAIN " + sasl.encode_plain("alice", "wrong")) \
+        == replies.AUTH_FAILED
+    assert c.command(b"AUTH plain") == replies.SASL_CONTINUE
+    assert c.command(sasl.encode_plain("alice", USERS["alice"][0], authzid="alice")) \
+        == replies.LOGGED_IN
+    assert c.command(b"STAT") == b"+OK 2 %d" % sum(OCTETS)
+    assert c.command(b"QUIT").startswith(b"+OK")
+    c.close()
+    popd.wait_for_log("login: rip=127.0.0.1, method=PLAIN")
+
+
+def test_auth_plain_initial_response(popd):
+    c = Client.implicit(popd)
+    c.line()
+    assert c.command(b"AUTH PLAIN " + sasl.encode_plain("alice", USERS["alice"][0])) \
+        == replies.LOGGED_IN
+    assert c.command(b"QUIT").startswith(b"+OK")
+    c.close()
+
+
+def test_auth_plain_long_secret_without_initial_response(popd):
+    c = Client.implicit(popd)
+    c.line()
+    assert c.command(b"AUTH PLAIN") == replies.SASL_CONTINUE
+    assert c.command(sasl.encode_plain("carol", CAROL[0])) == replies.LOGGED_IN
+    assert c.command(b"QUIT").startswith(b"+OK")
+    c.close()
+
+
+def test_auth_plain_long_initial_response(popd):
+    response = sasl.encode_plain("carol", CAROL[0])
+    assert 40 < len(response) < 200
+    c = Client.implicit(popd)
+    c.line()
+    assert c.command(b"AUTH PLAIN " + response) == replies.LOGGED_IN
+    assert c.command(b"QUIT").startswith(b"+OK")
+    c.close()
+
+
+# -- deadlines and versions: a strict daemon -----------------------------------------
+
+def client_hello_prefix():
+    """The first bytes of a real ClientHello: a handshake left half-done."""
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()[:40]
+
+
+def configured(d, **tls_keys):
+    """Add keys to the daemon's `tls:` section before it starts."""
+    cfg = yaml.safe_load(d.config.read_text())
+    cfg["tls"].update(tls_keys)
+    d.config.write_text(yaml.safe_dump(cfg))
+    return d
+
+
+def test_handshake_is_bounded_by_the_login_deadline():
+    with configured(Daemon(tls=True, limits={"login_deadline": 5}),
+                    min_version="TLSv1.3") as d:
+        d.write_mbox("alice", MBOX)
+        silent = socket.create_connection((d.host, d.tls_port))
+        partial = socket.create_connection((d.host, d.tls_port))
+        partial.sendall(client_hello_prefix())
+        stls = Client.connect(d)
+        assert stls.line() == replies.GREETING
+        assert stls.command(b"STLS") == replies.BEGIN_TLS      # and then nothing
+        start = time.monotonic()
+        for sock in (silent, partial, stls.sock):
+            assert closed_within(sock, 15) is not None
+        assert 3.5 < time.monotonic() - start < 7
+        d.wait_for_log("reason=timeout", count=3)
+        assert "killing the front" not in d.log()               # the front did it itself
+
+        # tls.min_version: TLSv1.3 refuses TLS 1.2 and serves TLS 1.3.
+        ctx = d.client_context()
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(ssl.SSLError):
+            Client.implicit(d, ctx)
+        c = Client.implicit(d)
+        assert c.sock.version() == "TLSv1.3"
+        c.line()
+        c.login()
+        assert c.command(b"QUIT").startswith(b"+OK")
+        c.close()
+
+
+def closed_within(sock, timeout):
+    """Seconds until the server closed `sock` (EOF or reset), or None."""
+    start = time.monotonic()
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+    except (socket.timeout, TimeoutError):
+        return None
+    except OSError:
+        pass
+    return time.monotonic() - start
+
+
+# -- start-up errors ------------------------------------------------------------
+
+def _break(d, breakage):
+    cert, key = d.base / "cert.pem", d.base / "key.pem"
+    if breakage == "missing-cert":
+        cert.unlink()
+    elif breakage == "key-readable":
+        os.chmod(key, 0o644)
+    elif breakage == "mismatch":
+        import trustme
+        other = trustme.CA().issue_cert("localhost", common_name="localhost")
+        other.private_key_pem.write_to_path(str(key))
+    elif breakage == "garbage-cert":
+        cert.write_text("not a certificate\n")
+    return {"cert": cert, "key": key}
+
+
+@pytest.mark.parametrize("breakage,expected", [
+    ("missing-cert", "tls.cert: {cert}: No such file or directory"),
+    ("key-readable", "tls.key: {key} is readable by others (mode 0644); "
+                     "run: chmod 0600 {key}"),
+    ("mismatch", "tls.key: {key} does not match the certificate in {cert}"),
+    ("garbage-cert", "tls.cert: {cert} holds no PEM certificate"),
+])
+def test_bad_certificate_or_key_stops_start_up(breakage, expected):
+    d = Daemon(tls=True)
+    try:
+        paths = _break(d, breakage)
+        d.start(wait=False)
+        assert d.proc.wait(30) == 1
+        lines = [line for line in d.log().splitlines() if line.startswith("popd: ")]
+        assert lines == ["popd: " + expected.format(**paths)], d.log()
+        assert "Traceback" not in d.log()
+    finally:
+        d.__exit__(None, None, None)
+
+
+# -- a cleartext listener with auth.plaintext: always --------------------------------
+
+def test_cleartext_listener_with_plaintext_always():
+    with Daemon(plaintext="always", extra={"implementation": "popd"}) as d:
+        d.write_mbox("alice", MBOX)
+        c = Client.connect(d)
+        c.line()
+        assert c.capa() == BASE_CAPA + PLAIN_CAPA + [b"IMPLEMENTATION popd"]
+        assert c.command(b"STLS") == replies.NO_STLS
+        assert c.command(b"AUTH PLAIN " + sasl.encode_plain("alice", USERS["alice"][0])) \
+            == replies.LOGGED_IN
+        assert c.command(b"STAT") == b"+OK 2 %d" % sum(OCTETS)
+        assert c.command(b"QUIT").startswith(b"+OK")
+        c.close()
