@@ -1,24 +1,35 @@
 """The auth broker: the only process that reads password hashes.
 
 Runs in: the broker process (uid broker_user, no capabilities, no network
-socket), forked by the supervisor before the TLS key is loaded.
+socket), forked by the supervisor before the TLS key is loaded, and its
+hashing workers (same uid), forked before the broker drops privileges.
 
 For each pool slot it holds two channels the supervisor handed it: one to
 the slot's front (requests come in, one answer goes out per request) and
 one to the slot's child (the grant goes out, nothing comes in).  A front
 channel is UNBOUND until the supervisor names the client address it serves
-(CHANNEL_BIND), BOUND while it may ask, GRANTED after a success; any frame
-that does not fit that state closes the slot's channels with a log line.
-The client address used for logs (and, later, throttling) comes from the
-supervisor, never from the front.
+(CHANNEL_BIND), BOUND while it may ask, WAITING while its request is being
+checked, GRANTED after a success; a frame that does not fit the state
+closes the slot's channels with a log line.  The client address used for
+throttling and logs comes from the supervisor, never from the front.
+
+Hashing (100-300 ms for argon2 or bcrypt) runs in worker processes fed by
+a queue that is fair per client address, so twenty guessers cannot push a
+real user to the back; the answer then waits out the throttle's delay on a
+timer heap (throttle.py), never in a sleep.
 """
+import collections
 import enum
+import heapq
 import os
 import selectors
+import signal
 import socket
+import time
 from collections import Counter
 
-from . import config, ipc, limits, logsetup, passwd, privileges, process, proctitle
+from . import (admission, config, ipc, logsetup, passwd, privileges, process,
+               proctitle, throttle)
 from .ipc import Channel, Role
 from .logsetup import log, sanitize
 
@@ -26,6 +37,7 @@ from .logsetup import log, sanitize
 class ChannelState(enum.Enum):
     UNBOUND = "unbound"
     BOUND = "bound"
+    WAITING = "waiting"
     GRANTED = "granted"
 
 
@@ -36,13 +48,65 @@ class SlotChannels:
         self.child = child
         self.state = ChannelState.UNBOUND
         self.peer_ip = None
-        self.attempts = 0
+        self.address = None            # throttling key: IPv4, or IPv6 /64
+        self.failures = 0
+        self.closed = False
+
+
+class Job:
+    """One AUTH_REQUEST on its way through the queue and a worker."""
+
+    def __init__(self, chan, msg, entry, well_formed, delay):
+        self.chan = chan
+        self.login = msg.authcid
+        self.method = msg.method
+        self.secret = msg.secret
+        self.entry = entry
+        self.well_formed = well_formed
+        self.arrived = time.monotonic()
+        self.queued = 0.0                  # seconds spent waiting for a worker
+        self.due = self.arrived + delay
+
+
+class FairQueue:
+    """Per-address FIFOs served round-robin, bounded in total and per
+    address, so one address can neither starve others nor grow memory.
+    Addresses with recent failures wait in a second tier that is served
+    only when no clean address is waiting: a guesser's backlog never sits
+    in front of someone who has not been failing."""
+
+    def __init__(self, total, per_address):
+        self.total, self.per_address = total, per_address
+        self.tiers = (collections.OrderedDict(), collections.OrderedDict())
+        self.size = 0
+
+    def push(self, key, job, suspect=False):
+        tier = self.tiers[bool(suspect)]
+        q = tier.get(key) or self.tiers[not suspect].get(key)
+        if self.size >= self.total or (q is not None and len(q) >= self.per_address):
+            return False
+        if q is None:
+            q = tier[key] = collections.deque()
+        q.append(job)
+        self.size += 1
+        return True
+
+    def pop(self):
+        for tier in self.tiers:
+            if tier:
+                key, q = tier.popitem(last=False)
+                job = q.popleft()
+                if q:
+                    tier[key] = q          # to the back of the round
+                self.size -= 1
+                return job
+        return None
 
 
 class PasswdSource:
-    """The passwd file, re-read when it changes (so an edit or a HUP-time
-    rewrite takes effect without a restart).  A broken new version is
-    logged and the previous one keeps serving."""
+    """The passwd file, re-read when it changes (so an edit takes effect
+    without a restart).  A broken new version is logged and the previous
+    one keeps serving."""
 
     def __init__(self, path):
         self.path = path
@@ -55,20 +119,20 @@ class PasswdSource:
         except OSError as e:
             log.error("cannot stat %s as uid %d: %s", self.path, os.getuid(),
                       e.strerror)
-            return
+            return False
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp == self.stamp:
-            return
+            return False
         try:
             self.entries = passwd.load_passwd_file(self.path)
         except (passwd.PasswdError, OSError) as e:
             log.error("keeping the previous passwd data: %s", e)
-            return
+            return False
         self.stamp = stamp
         return True
 
     def default_scheme(self):
-        """The commonest scheme in the file: unknown users are verified
+        """The commonest scheme in the file: unknown users are checked
         against a dummy hash of it, so they cost what a wrong password
         costs."""
         schemes = Counter(passwd.scheme_of(e.password)
@@ -78,36 +142,150 @@ class PasswdSource:
         return max(schemes, key=schemes.__getitem__) if schemes else "SHA512-CRYPT"
 
 
+def worker_main(cfg, sock, verifier):
+    """A hashing worker: VERIFY in, VERIFIED out, nothing else."""
+    process.after_fork(keep={sock.fileno()})
+    logsetup.setup(cfg.logging)
+    proctitle.set_title(proctitle.BROKER_WORKER)
+    if os.geteuid() == 0:
+        privileges.drop_to(cfg.broker_user, cfg.broker_group)
+    # After the drop: a credential change clears the parent-death signal.
+    privileges.die_with_parent(signal.SIGKILL)
+    if os.getppid() == 1:
+        return                             # the broker is already gone
+    while True:
+        try:
+            msg = ipc.recv(sock, Channel.BROKER_WORKER, Role.WORKER)
+        except (ipc.Closed, ipc.Violation):
+            return
+        entry = passwd.PasswdEntry("", msg.stored, 0, 0, "")
+        ok = verifier.verify(entry, msg.secret)
+        ipc.send(sock, "VERIFIED", job=msg.job, ok=int(ok))
+
+
 class Broker:
     def __init__(self, cfg, sup):
         self.cfg = cfg
         self.sup = sup
         self.slots = {}
         self.sel = selectors.DefaultSelector()
-        self.sel.register(sup, selectors.EVENT_READ, None)
+        self.sel.register(sup, selectors.EVENT_READ, ("supervisor", None))
         self.passwd = PasswdSource(cfg.auth.passwd_file)
         self.verifier = passwd.Verifier(default_scheme="SHA512-CRYPT")
         self.service_uids, self.service_gids = config.service_ids(cfg)
+        lim = cfg.limits
+        self.throttle = throttle.Throttle(lim.auth_failure_window, lim.auth_delay_min,
+                                          lim.auth_delay_max)
+        self.queue = FairQueue(lim.auth_queue, max(1, lim.auth_queue // 8))
+        self.workers = {}                  # socket -> job id in progress (or None)
+        self.jobs = {}                     # job id -> Job
+        self.next_job = 1
+        self.timers = []                   # heap of (due, seq, job, good)
+        self.seq = 0
 
+    # -- workers -------------------------------------------------------------
+    def spawn_worker(self):
+        ours, theirs = ipc.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            code = 0
+            try:
+                worker_main(self.cfg, theirs, self.verifier)
+            except BaseException:               # noqa: B902 - last resort
+                log.exception("auth worker: internal error")
+                code = 1
+            os._exit(code)
+        theirs.close()
+        self.workers[ours] = None
+        self.sel.register(ours, selectors.EVENT_READ, ("worker", ours))
+
+    def from_worker(self, sock):
+        try:
+            msg = ipc.recv(sock, Channel.BROKER_WORKER, Role.BROKER)
+        except (ipc.Closed, ipc.Violation) as e:
+            job_id = self.workers.pop(sock)
+            self.sel.unregister(sock)
+            sock.close()
+            log.error("auth worker ended (%s); starting another", e)
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass                   # reap it (and any other)
+            except ChildProcessError:
+                pass
+            job = self.jobs.pop(job_id, None) if job_id else None
+            if job:
+                self.answer_later(job, None)
+            self.spawn_worker()
+            return
+        job = self.jobs.pop(msg.job, None)
+        if self.workers.get(sock) != msg.job or job is None:
+            log.error("auth worker answered job %d it was not given", msg.job)
+            return
+        self.workers[sock] = None
+        good = bool(msg.ok) and job.entry is not None and job.well_formed
+        self.answer_later(job, good)
+        self.dispatch()
+
+    def dispatch(self):
+        for sock, busy in self.workers.items():
+            if busy is not None:
+                continue
+            job = self.queue.pop()
+            if job is None:
+                return
+            if job.chan.closed:
+                continue
+            job_id, self.next_job = self.next_job, self.next_job % 0xFFFFFFFF + 1
+            entry = job.entry or self.verifier.dummy_entry()
+            try:
+                ipc.send(sock, "VERIFY", job=job_id, stored=entry.password,
+                         secret=job.secret)
+            except OSError:
+                self.answer_later(job, None)
+                continue
+            self.jobs[job_id] = job
+            self.workers[sock] = job_id
+            job.queued = time.monotonic() - job.arrived
+
+    def stop_workers(self):
+        for sock in list(self.workers):
+            sock.close()                   # EOF: the worker exits
+        while True:
+            try:
+                os.wait()
+            except ChildProcessError:
+                return
+
+    # -- the loop ------------------------------------------------------------
     def run(self):
         while True:
-            events = self.sel.select()
-            # The control channel first: a CHANNEL_BIND always precedes the
+            timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else None
+            events = self.sel.select(timeout)
+            # The supervisor first: a CHANNEL_BIND always precedes the
             # front's first request, and must be seen before it.
-            events.sort(key=lambda e: e[0].data is not None)
+            events.sort(key=lambda e: e[0].data[0] != "supervisor")
             for key, _ in events:
-                if key.data is None:
+                kind, arg = key.data
+                if kind == "supervisor":
                     self.from_supervisor()
-                elif key.data[1] == "front":
-                    self.from_front(key.data[0])
+                elif kind == "worker":
+                    self.from_worker(arg)
+                elif kind == "front":
+                    self.from_front(arg)
                 else:
-                    self.close_slot(key.data[0], None)   # the slot ended
+                    self.close_slot(arg, None)      # the slot's child ended
+            now = time.monotonic()
+            while self.timers and self.timers[0][0] <= now:
+                _, _, job, good = heapq.heappop(self.timers)
+                self.finish(job, good)
 
     # -- supervisor ----------------------------------------------------------
     def from_supervisor(self):
         try:
             msg = ipc.recv(self.sup, Channel.SUPERVISOR_BROKER, Role.BROKER)
         except ipc.Closed:
+            self.stop_workers()
             raise SystemExit(0)           # the supervisor is gone: so are we
         except ipc.Violation as e:
             log.error("broker: bad frame from the supervisor: %s", e)
@@ -118,8 +296,8 @@ class Broker:
                 self.close_slot(self.slots[msg.slot], "slot id reused")
             chan = SlotChannels(msg.slot, front, child)
             self.slots[msg.slot] = chan
-            self.sel.register(front, selectors.EVENT_READ, (chan, "front"))
-            self.sel.register(child, selectors.EVENT_READ, (chan, "child"))
+            self.sel.register(front, selectors.EVENT_READ, ("front", chan))
+            self.sel.register(child, selectors.EVENT_READ, ("child", chan))
         elif msg.name == "CHANNEL_BIND":
             chan = self.slots.get(msg.slot)
             if chan is None or chan.state is not ChannelState.UNBOUND:
@@ -127,6 +305,7 @@ class Broker:
                             msg.slot, chan.state.value if chan else "none")
                 return
             chan.peer_ip = msg.peer_ip
+            chan.address = admission.address_key(msg.peer_ip)
             chan.state = ChannelState.BOUND
 
     def drain_supervisor(self):
@@ -157,11 +336,20 @@ class Broker:
         if chan.state is not ChannelState.BOUND:
             self.close_slot(chan, f"{msg.name} in state {chan.state.value}")
             return
-        if chan.attempts >= limits.MAX_AUTH_ATTEMPTS_PER_CONNECTION:
-            self.close_slot(chan, "too many attempts")
+        self.refresh_passwd()
+        login = msg.authcid
+        well_formed = passwd.valid_login(login) and msg.authzid in ("", login)
+        entry = self.passwd.entries.get(login) if well_formed else None
+        job = Job(chan, msg, entry, well_formed,
+                  self.throttle.delay(login, chan.address))
+        chan.state = ChannelState.WAITING
+        suspect = self.throttle.by_address.count(chan.address, job.arrived) > 0
+        if not self.queue.push(chan.address, job, suspect):
+            log.warning("auth queue full: rip=%s, user=\"%s\"", chan.peer_ip,
+                        sanitize(login, 64))
+            self.finish(job, None)
             return
-        chan.attempts += 1
-        self.answer_auth_request(chan, msg)
+        self.dispatch()
 
     def refresh_passwd(self):
         """Re-read a changed passwd file; dummy hashes then follow the
@@ -171,35 +359,52 @@ class Broker:
             self.verifier.warm_up(self.passwd.entries.values())
             self.verifier.default_scheme = self.passwd.default_scheme()
 
-    def answer_auth_request(self, chan, msg):
-        self.refresh_passwd()
-        login = msg.authcid
-        well_formed = passwd.valid_login(login) and msg.authzid in ("", login)
-        entry = self.passwd.entries.get(login) if well_formed else None
-        # Always one verify, against a dummy hash when there is no entry:
-        # unknown users cost the same time as wrong passwords.
-        good = self.verifier.verify(entry, msg.secret) and entry is not None
-        if not good:
-            reason = ("password-mismatch" if entry else
-                      "unknown-user" if well_formed else "bad-name")
-            log.warning('auth failed: rip=%s, method=%s, attempt=%d, '
-                        'reason=%s, user="%s"', chan.peer_ip, msg.method,
-                        chan.attempts, reason, sanitize(login, 64))
-            final = chan.attempts >= limits.MAX_AUTH_ATTEMPTS_PER_CONNECTION
-            self.send_front(chan, "AUTH_FAIL", code="AUTH", final=int(final))
-            if final:
-                self.close_front(chan)
+    def answer_later(self, job, good):
+        """Record the outcome now (so the next attempt sees it), answer when
+        the throttle's delay has passed.  good=None: could not check."""
+        if good is False:
+            self.throttle.failed(job.login, job.chan.address)
+        elif good:
+            self.throttle.succeeded(job.login, job.chan.address)
+        self.seq += 1
+        heapq.heappush(self.timers, (job.due, self.seq, job, good))
+
+    def finish(self, job, good):
+        chan = job.chan
+        if chan.closed or chan.state is not ChannelState.WAITING:
             return
+        chan.state = ChannelState.BOUND
+        if good is None:
+            self.send_front(chan, "AUTH_FAIL", code="SYS/TEMP", final=0)
+        elif good:
+            self.grant(chan, job)
+        else:
+            self.refuse(chan, job)
+
+    def refuse(self, chan, job):
+        chan.failures += 1
+        reason = ("password-mismatch" if job.entry else
+                  "unknown-user" if job.well_formed else "bad-name")
+        log.warning('auth failed: rip=%s, method=%s, attempt=%d, reason=%s, '
+                    'user="%s"', chan.peer_ip, job.method, chan.failures, reason,
+                    sanitize(job.login, 64))
+        final = chan.failures >= self.cfg.limits.max_auth_failures
+        self.send_front(chan, "AUTH_FAIL", code="AUTH", final=int(final))
+        if final:
+            self.close_front(chan)
+
+    def grant(self, chan, job):
+        entry = job.entry
         problem = self.grant_problem(entry)
-        mbox = config.mbox_path(self.cfg.mail.mbox, login)
+        mbox = config.mbox_path(self.cfg.mail.mbox, job.login)
         if problem or mbox is None:
-            log.error('refusing login for user="%s": %s', sanitize(login, 64),
+            log.error('refusing login for user="%s": %s', sanitize(job.login, 64),
                       problem or "mailbox path leaves the template directory")
             self.send_front(chan, "AUTH_FAIL", code="SYS/PERM", final=1)
             self.close_front(chan)
             return
         try:
-            ipc.send(chan.child, "GRANT", login=login, uid=entry.uid,
+            ipc.send(chan.child, "GRANT", login=job.login, uid=entry.uid,
                      gid=entry.gid, mbox=mbox)
             ipc.send(self.sup, "GRANTED", slot=chan.slot, uid=entry.uid,
                      gid=entry.gid)
@@ -207,8 +412,9 @@ class Broker:
             self.close_slot(chan, f"cannot send the grant: {e}")
             return
         chan.state = ChannelState.GRANTED
-        log.info('login: rip=%s, method=%s, user="%s", uid=%d',
-                 chan.peer_ip, msg.method, sanitize(login, 64), entry.uid)
+        log.info('login: rip=%s, method=%s, queued=%.3f, user="%s", uid=%d',
+                 chan.peer_ip, job.method, job.queued, sanitize(job.login, 64),
+                 entry.uid)
         self.send_front(chan, "AUTH_OK")
 
     def grant_problem(self, entry):
@@ -246,13 +452,12 @@ class Broker:
             log.warning("broker: closing the channels of slot %d (%s, "
                         "rip=%s): %s", chan.slot, chan.state.value,
                         chan.peer_ip, reason)
+        chan.closed = True
         self.close_front(chan)
-        for sock in (chan.child,):
-            try:
-                self.sel.unregister(sock)
-            except (KeyError, ValueError):
-                pass
-            sock.close()
+        if chan.child is not None:
+            self.sel.unregister(chan.child)
+            chan.child.close()
+            chan.child = None
         if self.slots.get(chan.slot) is chan:
             del self.slots[chan.slot]
 
@@ -266,6 +471,8 @@ def run(cfg, sup_sock):
     # Every hashing backend is loaded now: after the drop the interpreter
     # may not be able to import anything (it can live in a 0700 directory).
     broker.verifier.warm_up()
+    for _ in range(cfg.limits.auth_workers):
+        broker.spawn_worker()
     privileges.drop_to(cfg.broker_user, cfg.broker_group)
     broker.refresh_passwd()
     if broker.passwd.stamp is None:

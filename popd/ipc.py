@@ -41,6 +41,7 @@ class Channel(enum.Enum):
     BROKER_FRONT = "broker-front"
     BROKER_CHILD = "broker-child"
     CHILD_FRONT = "child-front"
+    BROKER_WORKER = "broker-worker"
 
 
 class Role(enum.Enum):
@@ -48,6 +49,7 @@ class Role(enum.Enum):
     BROKER = "broker"
     CHILD = "child"
     FRONT = "front"
+    WORKER = "worker"
 
 
 class Violation(Exception):
@@ -110,6 +112,10 @@ MESSAGES = [
     Spec("GRANT", 15, _C.BROKER_CHILD, _R.BROKER,
          (("login", STR(limits.MAX_LOGIN)), ("uid", U32), ("gid", U32),
           ("mbox", STR(1024)))),
+    # broker <-> its hashing workers: one verification at a time
+    Spec("VERIFY", 24, _C.BROKER_WORKER, _R.BROKER,
+         (("job", U32), ("stored", STR(1024)), ("secret", BYTES(limits.MAX_SECRET)))),
+    Spec("VERIFIED", 25, _C.BROKER_WORKER, _R.WORKER, (("job", U32), ("ok", U32))),
     # child <-> front
     Spec("CLIENT", 17, _C.CHILD_FRONT, _R.CHILD,
          (("peer_ip", STR(64)), ("peer_port", U32), ("listener", STR(80)),

@@ -44,10 +44,6 @@ SPAWN_BURST = 8
 # this is the backstop for a front that has been subverted.
 FRONT_KILL_GRACE = 5.0
 
-# Broker: login attempts (USER/PASS pairs, AUTH exchanges) allowed on one
-# connection before the broker closes that front's channel.
-MAX_AUTH_ATTEMPTS_PER_CONNECTION = 3
-
 # mbox: the child waits this long for the fcntl lock before answering
 # [IN-USE] to PASS.
 MAILBOX_LOCK_WAIT = 10.0

@@ -294,6 +294,11 @@ class Verifier:
                 raise RuntimeError(f"{scheme} self-test failed")
             self._dummies[scheme] = dummy
 
+    def dummy_entry(self) -> PasswdEntry:
+        """An entry no password matches, hashed like the file's common
+        scheme: what the broker's workers check an unknown user against."""
+        return PasswdEntry("", self._dummies[self.default_scheme], 0, 0, "")
+
     def verify(self, entry: PasswdEntry | None, secret: bytes) -> bool:
         """True if `secret` is the password of `entry`.  Never raises for a
         bad secret or hash: the caller logs a False."""

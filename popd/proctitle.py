@@ -7,6 +7,7 @@ import setproctitle
 
 SUPERVISOR = "supervisor"
 BROKER = "auth-broker"
+BROKER_WORKER = "auth-worker"
 CHILD_IDLE = "child idle"
 CHILD_BUSY = "child busy"
 CHILD_SESSION = "child session"

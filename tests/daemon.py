@@ -42,7 +42,7 @@ class Daemon:
     """One popd instance; use as a context manager."""
 
     def __init__(self, limits=None, users=USERS, extra=None, listen_host="127.0.0.1",
-                 tls=False, plaintext=None):
+                 tls=False, plaintext=None, schemes=None):
         """tls=True: `port` is a STARTTLS listener and `tls_port` an implicit
         TLS one, with a trustme certificate for localhost/127.0.0.1 (CA in
         `ca_file`); plaintext defaults to tls-only then, else to always."""
@@ -56,7 +56,9 @@ class Daemon:
         self.passwd_file = self.base / "passwd"
         lines = []
         for login, (password, uid, gid) in users.items():
-            stored = passwd.make_hash(password, "SHA512-CRYPT", rounds=HASH_ROUNDS)
+            scheme = (schemes or {}).get(login, "SHA512-CRYPT")
+            stored = passwd.make_hash(password, scheme,
+                                      rounds=HASH_ROUNDS if scheme == "SHA512-CRYPT" else None)
             lines.append(passwd.format_entry(login, stored, uid, gid))
         self.passwd_file.write_text("\n".join(lines) + "\n")
         os.chown(self.passwd_file, 0, BROKER_UID)
@@ -70,8 +72,10 @@ class Daemon:
             "auth": {"passwd_file": str(self.passwd_file)},
             "mail": {"mbox": str(self.spool / "%u"), "state_dir": str(self.base / "state"),
                      "first_valid_uid": FIRST_VALID_UID, "first_valid_gid": FIRST_VALID_UID},
+            # No guessing delays unless a test asks for them: tests make
+            # wrong logins on purpose and would otherwise wait them out.
             "limits": {"max_children": 8, "spare_children": 2, "max_per_ip": 4,
-                       "shutdown_grace": 5, **(limits or {})},
+                       "shutdown_grace": 5, "auth_delay_min": 0, **(limits or {})},
             "logging": {"target": "stderr", "level": "debug"},
         }
         cfg["auth"]["plaintext"] = plaintext or ("tls-only" if tls else "always")
@@ -159,7 +163,7 @@ class Daemon:
             raise AssertionError(f"popd did not stop on {sig}:\n{self.log()}")
 
     def __enter__(self):
-        return self.start()
+        return self if self.proc else self.start()
 
     def __exit__(self, *exc):
         try:

@@ -194,12 +194,15 @@ def test_process_table_before_login(popd):
     assert st["Uid"].split()[0] == "0"
 
     (broker,) = popd.pids("auth-broker")
-    st = status(broker)
-    assert st["Uid"].split() == [str(BROKER_UID)] * 4
-    assert st["Gid"].split() == [str(BROKER_UID)] * 4
-    assert st["Groups"] == ""
-    assert caps(st) == (NO_CAPS, NO_CAPS, NO_CAPS)
-    assert st["NoNewPrivs"] == "1"
+    workers = popd.pids("auth-worker")
+    assert len(workers) == 2
+    for pid in [broker] + workers:
+        st = status(pid)
+        assert st["Uid"].split() == [str(BROKER_UID)] * 4
+        assert st["Gid"].split() == [str(BROKER_UID)] * 4
+        assert st["Groups"] == ""
+        assert caps(st) == (NO_CAPS, NO_CAPS, NO_CAPS)
+        assert st["NoNewPrivs"] == "1"
 
     for child in popd.pids("child idle"):
         st = status(child)
@@ -227,10 +230,14 @@ def test_fd_lists_of_every_role(popd):
     # Supervisor: the listener, its wakeup pipe, channels.
     assert socket_kinds(popd.proc.pid).get("listen") == 1
     (broker,) = popd.pids("auth-broker")
-    # Broker: the supervisor channel and two per slot; nothing else.
+    # Broker: the supervisor channel, two per slot, one per hashing worker.
     kinds = socket_kinds(broker)
-    assert kinds.pop("unix") == 1 + 2 * 2
+    assert kinds.pop("unix") == 1 + 2 * 2 + 2
     assert set(kinds) <= {"/dev/null", "eventpoll", str(popd.logfile)}, kinds
+    for worker in popd.pids("auth-worker"):
+        kinds = socket_kinds(worker)
+        assert kinds.pop("unix") == 1          # its broker, nothing else
+        assert set(kinds) <= {"/dev/null", str(popd.logfile)}, kinds
     for child in popd.pids("child idle"):
         kinds = socket_kinds(child)
         assert kinds.pop("unix") == 3          # supervisor, broker, front
