@@ -40,6 +40,9 @@ class ChildState(enum.Enum):
     SESSION = "session"
 
 
+# fds a logged-in session may hold: stdio, its channel, the client, the
+# mbox, the session lock, the journal and its temporaries, the lock helper.
+SESSION_FILES = 32
 # Log frames a front may send in one session; more are dropped.
 MAX_FRONT_LOG_LINES = 50
 
@@ -171,6 +174,7 @@ class Child:
                 grant.mbox, grant.uid, mail.dotlock_group)
         privileges.become_owner(grant.uid, grant.gid, mail.first_valid_uid,
                                 mail.first_valid_gid, uids, gids)
+        privileges.limit_resources(SESSION_FILES, self.cfg.limits.session_memory)
         self.state = ChildState.OWNER
         proctitle.set_title(proctitle.CHILD_SESSION, user=grant.login,
                             peer=self.peer_ip)

@@ -24,6 +24,16 @@ class Disconnected(Exception):
     """The client closed the connection or the socket failed."""
 
 
+class TooLong(Disconnected):
+    """An overlong line went on past MAX_DRAIN: the connection is ended."""
+
+
+# How much of an overlong line is read and thrown away before the
+# connection is closed instead: enough for a confused client's line, not
+# an unbounded stream.
+MAX_DRAIN = 64 * 1024
+
+
 def wait_readable(sock, deadline):
     """Block until sock has data or the deadline passes (TLS sockets may
     already hold decrypted bytes: pending() is checked first)."""
@@ -43,6 +53,7 @@ class LineReader:
         self.sock = sock
         self.max_line = max_line
         self.buf = bytearray(initial)
+        self.draining = False
 
     def _recv(self, deadline):
         # Try first, wait only when nothing is there: a pipelining client
@@ -60,8 +71,12 @@ class LineReader:
             return data
 
     def read_line(self, deadline, max_line=None):
-        """The next line without its CRLF (or bare LF), or OVERLONG."""
+        """The next line without its CRLF (or bare LF), or OVERLONG as soon
+        as a line passes the limit (so the client hears -ERR at once); the
+        rest of that line is drained by the next call."""
         limit = max_line or self.max_line
+        if self.draining:
+            self._drain(deadline)
         while True:
             end = self.buf.find(b"\n")
             if end >= 0:
@@ -72,19 +87,25 @@ class LineReader:
                 del self.buf[:end + 1]
                 return line[:-1] if line.endswith(b"\r") else line
             if len(self.buf) >= limit:
-                self._drain(deadline)
+                self.buf.clear()
+                self.draining = True
                 return OVERLONG
             self.buf += self._recv(deadline)
 
     def _drain(self, deadline):
-        """Discard the rest of an overlong line, up to and including its LF."""
-        self.buf.clear()
+        """Discard the rest of an overlong line, up to and including its
+        LF, without storing it; past MAX_DRAIN the connection ends."""
+        drained = 0
         while True:
             data = self._recv(deadline)
             end = data.find(b"\n")
             if end >= 0:
                 self.buf += data[end + 1:]
+                self.draining = False
                 return
+            drained += len(data)
+            if drained > MAX_DRAIN:
+                raise TooLong()
 
     def take_buffered(self):
         """Bytes read but not yet consumed (handed over with the socket)."""

@@ -159,6 +159,16 @@ def become_owner(uid, gid, first_valid_uid, first_valid_gid, forbidden_uids,
         raise PrivilegeError(f"uid {target} could be regained")
 
 
+def limit_resources(max_files, max_memory_mib):
+    """Bounds for a process that serves one client: few fds, a memory cap
+    (RLIMIT_AS) and no forking at all (RLIMIT_NPROC 0 applies to this
+    process only, since it is unprivileged now).  Lowered, never raised."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+    size = max_memory_mib << 20
+    resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
 def check(uid, gid, permitted, bounding):
     """Raise unless the process is exactly uid/gid, no groups, the given
     permitted/bounding sets, nothing effective, no_new_privs, not dumpable."""
