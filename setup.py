@@ -41,6 +41,9 @@ setup(
     data_files=[
         ("share/man/man8", ["man/popd.8", "man/popd-passwd.8"]),
         ("share/man/man5", ["man/popd.yaml.5"]),
-        ("share/doc/popd/examples", ["etc/popd.yaml"]),
+        ("share/doc/popd/examples", ["etc/popd.yaml", "scripts/popd.service",
+                                     "scripts/popd.init", "scripts/popd-setup"]),
+        ("share/doc/popd/examples/fail2ban/filter.d", ["etc/fail2ban/filter.d/popd.conf"]),
+        ("share/doc/popd/examples/fail2ban/jail.d", ["etc/fail2ban/jail.d/popd.conf"]),
     ],
 )

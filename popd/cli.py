@@ -44,7 +44,13 @@ def main(argv=None):
               "privileges per process)", file=sys.stderr)
         return 1
     proctitle.configure(cfg.logging.verbose_proctitle)
-    logsetup.setup(cfg.logging)
+    try:
+        logsetup.setup(cfg.logging)
+    except OSError as e:
+        print(f"popd: logging.syslog_address: cannot reach "
+              f"{cfg.logging.syslog_address}: {e.strerror}; is the syslog "
+              f"daemon running?", file=sys.stderr)
+        return 1
     try:
         return supervisor.serve(cfg)
     except supervisor.StartupError as e:

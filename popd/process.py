@@ -9,6 +9,8 @@ its own list and restores default signal handling.
 import os
 import signal
 
+from . import logsetup
+
 # Signals the supervisor handles; children get the defaults back.
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
            signal.SIGPIPE)
@@ -49,5 +51,7 @@ def close_fds_except(keep):
 
 
 def after_fork(keep):
+    """The log handlers' fds (a syslog socket) are kept too, so that
+    logsetup.setup() can close them properly when it replaces them."""
     reset_signals()
-    close_fds_except(keep)
+    close_fds_except(set(keep) | logsetup.handler_fds())

@@ -1,0 +1,577 @@
+"""Operations: the install step (scripts/popd-setup), the init scripts
+(scripts/popd.service, scripts/popd.init) and the fail2ban filter and jail
+(etc/fail2ban/), each checked against the real thing where one exists:
+the tree popd-setup makes is served by the real daemon running under the
+unit's capability bounding set, the SysV script starts and stops the real
+daemon, and fail2ban-regex reads log lines the real daemon wrote.
+"""
+import base64
+import hashlib
+import os
+import poplib
+import re
+import resource
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from popd import config, passwd
+from tests import replies
+from tests.daemon import HASH_ROUNDS, REPO, USERS, Daemon, status
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
+
+SETUP = REPO / "scripts" / "popd-setup"
+UNIT = REPO / "scripts" / "popd.service"
+INIT = REPO / "scripts" / "popd.init"
+EXAMPLE = REPO / "etc" / "popd.yaml"
+FILTER = REPO / "etc" / "fail2ban" / "filter.d" / "popd.conf"
+JAIL = REPO / "etc" / "fail2ban" / "jail.d" / "popd.conf"
+
+# System ids for the scratch tree's users, away from the host's own and
+# from tests.daemon's numeric ids (600xx, 610xx).
+SCRATCH_LOGIN_DEFS = ("SYS_UID_MIN 64000\nSYS_UID_MAX 64099\n"
+                      "SYS_GID_MIN 64000\nSYS_GID_MAX 64099\n")
+SERVICE_USERS = ("popd", "popd-login", "popd-auth")
+# A client-supplied name that tries to plant a second address in the log line.
+INJECTED = 'x", rip=203.0.113.99'
+INJECTED_HOST = "203.0.113.99"
+
+
+# -- the scratch tree ------------------------------------------------------------
+
+@pytest.fixture
+def scratch():
+    """An empty root tree with the account files useradd --prefix needs.
+    Under /tmp, mode 0755: the daemon's dropped users must traverse it."""
+    root = Path(tempfile.mkdtemp(prefix="popd-ops-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    (root / "etc").mkdir()
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        (root / "etc" / name).touch()
+    (root / "etc" / "login.defs").write_text(SCRATCH_LOGIN_DEFS)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def run_setup(root, *args):
+    return subprocess.run([str(SETUP), "--root", str(root), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def listing(root):
+    """Every path under root with its type, owner, mode and content digest."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode):
+                what = hashlib.sha256(path.read_bytes()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                what = os.readlink(path)
+            else:
+                what = ""
+            out[str(path.relative_to(root))] = (stat.S_IFMT(st.st_mode), st.st_uid,
+                                                st.st_gid, stat.S_IMODE(st.st_mode), what)
+    return out
+
+
+def accounts(root, name):
+    """{login: fields} of root/etc/<name>."""
+    lines = (root / "etc" / name).read_text().splitlines()
+    return {line.split(":")[0]: line.split(":") for line in lines if line}
+
+
+def owner_mode(path):
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+# -- popd-setup ---------------------------------------------------------------------
+
+def test_setup_makes_the_documented_tree_and_a_second_run_changes_nothing(scratch):
+    first = run_setup(scratch)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr == ""
+
+    users, groups, shadow = (accounts(scratch, n) for n in ("passwd", "group", "shadow"))
+    for name in SERVICE_USERS:
+        _, _, uid, gid, _, home, shell = users[name]
+        assert int(uid) != 0 and gid == groups[name][2]
+        assert (home, shell) == ("/nonexistent", "/usr/sbin/nologin")
+        assert shadow[name][1].startswith("!"), "the account must be locked"
+    assert len({users[n][2] for n in SERVICE_USERS}) == 3
+    auth_gid = int(groups["popd-auth"][2])
+
+    assert owner_mode(scratch / "etc/popd") == (0, auth_gid, 0o750)
+    assert owner_mode(scratch / "etc/popd/passwd") == (0, auth_gid, 0o640)
+    assert (scratch / "etc/popd/passwd").read_bytes() == b""
+    assert owner_mode(scratch / "etc/popd/tls") == (0, 0, 0o700)
+    assert owner_mode(scratch / "var/lib/popd") == (0, 0, 0o711)
+    assert owner_mode(scratch / "run/popd/empty") == (0, 0, 0o755)
+    assert list((scratch / "run/popd/empty").iterdir()) == []
+    assert owner_mode(scratch / "etc/popd.yaml") == (0, 0, 0o644)
+    assert (scratch / "etc/popd.yaml").read_bytes() == EXAMPLE.read_bytes()
+
+    before = listing(scratch)
+    second = run_setup(scratch)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == [
+        f"popd-setup: nothing to change under {scratch}: everything was already in place"]
+    assert listing(scratch) == before
+
+
+def test_dry_run_changes_nothing_and_announces_exactly_the_real_run(scratch):
+    before = listing(scratch)
+    dry = run_setup(scratch, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert listing(scratch) == before
+    real = run_setup(scratch)
+    assert real.returncode == 0, real.stderr
+    would = [line.replace("popd-setup: would ", "popd-setup: ")
+             for line in dry.stdout.splitlines()[:-1]]
+    assert would == real.stdout.splitlines()[:-1]
+    assert len(would) > 10
+
+
+def test_setup_repairs_owners_and_modes_and_refuses_symlinks(scratch):
+    assert run_setup(scratch).returncode == 0
+    os.chmod(scratch / "etc/popd", 0o755)
+    os.chmod(scratch / "etc/popd.yaml", 0o666)
+    os.chown(scratch / "etc/popd/passwd", 5, 5)
+    os.chmod(scratch / "var/lib/popd", 0o777)
+    (scratch / "etc/popd.yaml").write_text("# the operator's own\n")
+
+    fixed = run_setup(scratch)
+    assert fixed.returncode == 0, fixed.stderr
+    assert len(fixed.stdout.splitlines()) == 5      # 4 fixes and the summary
+    auth_gid = int(accounts(scratch, "group")["popd-auth"][2])
+    assert owner_mode(scratch / "etc/popd") == (0, auth_gid, 0o750)
+    assert owner_mode(scratch / "etc/popd/passwd") == (0, auth_gid, 0o640)
+    assert owner_mode(scratch / "var/lib/popd") == (0, 0, 0o711)
+    assert owner_mode(scratch / "etc/popd.yaml") == (0, 0, 0o644)
+    # An existing config keeps its content.
+    assert (scratch / "etc/popd.yaml").read_text() == "# the operator's own\n"
+
+    (scratch / "etc/popd/passwd").unlink()
+    (scratch / "etc/popd/passwd").symlink_to("/etc/shadow")
+    refused = run_setup(scratch)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        f"popd-setup: {scratch}/etc/popd/passwd is a symbolic link; popd trusts "
+        f"only real files: remove it and run popd-setup again"]
+
+
+def test_install_venv_is_readable_by_unprivileged_users(scratch):
+    """--install-venv: a venv from /usr/bin/python3 with popd installed
+    from this tree, linked as usr/sbin/popd; loadable as nobody (popd-setup
+    checks that itself); a second run changes nothing."""
+    if subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"]).returncode:
+        pytest.skip("/usr/bin/python3 has no venv module (Debian package python3-venv)")
+    venv = scratch / "opt/popd"
+    first = subprocess.run([str(SETUP), "--root", str(scratch), "--install-venv",
+                            "--venv", str(venv)], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert os.readlink(scratch / "usr/sbin/popd") == str(venv / "bin/popd")
+    assert os.path.exists(scratch / "usr/local/share/man/man5/popd.yaml.5")
+    version = subprocess.run([str(scratch / "usr/sbin/popd"), "--version"], cwd="/",
+                             capture_output=True, text=True)
+    assert version.stdout.startswith("popd "), version.stderr
+    second = subprocess.run([str(SETUP), "--root", str(scratch), "--install-venv",
+                             "--venv", str(venv)], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "nothing to change" in second.stdout, second.stdout
+
+
+def as_scratch_users(root, command):
+    """`command` with the scratch tree's /etc/passwd and /etc/group bound
+    over the host's in a private mount namespace, so popd resolves the
+    names popd-setup created there."""
+    script = (f'mount --bind "{root}/etc/passwd" /etc/passwd && '
+              f'mount --bind "{root}/etc/group" /etc/group && exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private",
+            "sh", "-c", script, "sh", *command]
+
+
+def mount_namespaces_work():
+    return subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
+
+
+def test_installed_config_passes_check_config(scratch, tmp_path):
+    assert run_setup(scratch).returncode == 0
+    installed = scratch / "etc/popd.yaml"
+
+    # Everywhere: the file is valid once its user and group names are
+    # replaced by the ids popd-setup gave them in the scratch tree.
+    users, groups = accounts(scratch, "passwd"), accounts(scratch, "group")
+    data = yaml.safe_load(installed.read_text())
+    for key in ("user", "login_user", "broker_user"):
+        data[key] = int(users[data[key]][2])
+    for key in ("group", "login_group", "broker_group"):
+        data[key] = int(groups[data[key]][2])
+    numeric = tmp_path / "numeric.yaml"
+    numeric.write_text(yaml.safe_dump(data))
+    config.load(str(numeric))
+
+    # And the real command on the file as installed, names resolved from
+    # the scratch tree.
+    if not mount_namespaces_work():
+        pytest.skip("no mount namespaces here: checked with numeric ids only")
+    check = subprocess.run(
+        as_scratch_users(scratch, [sys.executable, "-m", "popd", "-c", str(installed),
+                                   "--check-config"]),
+        capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout == f"popd: {installed}: configuration is valid\n"
+
+
+# -- the systemd unit -------------------------------------------------------------
+
+def unit_settings():
+    """[Service] settings of the unit: {key: value} (last one wins)."""
+    settings, section = {}, None
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key] = value
+    return settings
+
+
+def unit_capabilities():
+    return unit_settings()["CapabilityBoundingSet"].split()
+
+
+CAP_NUMBERS = {"CAP_CHOWN": 0, "CAP_FOWNER": 3, "CAP_KILL": 5, "CAP_SETGID": 6,
+               "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10,
+               "CAP_SYS_CHROOT": 18}
+
+
+# prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) (Linux 6.3): the kernel's
+# form of MemoryDenyWriteExecute=, kept across execve.
+MDWE_EXEC = ("import ctypes, os, sys\n"
+             "libc = ctypes.CDLL(None, use_errno=True)\n"
+             "if libc.prctl(65, 1, 0, 0, 0) != 0: sys.exit('PR_SET_MDWE failed')\n"
+             "os.execv(sys.argv[1], sys.argv[1:])\n")
+
+
+def kernel_has_mdwe():
+    probe = subprocess.run([sys.executable, "-c", MDWE_EXEC, "/bin/true"])
+    return probe.returncode == 0
+
+
+class UnitSandboxedDaemon(Daemon):
+    """popd as the unit starts it, as far as it can be reproduced without
+    systemd: the unit's capability bounding set, no_new_privs, umask, core
+    limit and (where the kernel has PR_SET_MDWE) MemoryDenyWriteExecute, and
+    the scratch tree's users.  Not reproduced: the file system and syscall
+    sandboxing (ProtectSystem=, SystemCallFilter=, ...)."""
+
+    def __init__(self, root, **kw):
+        super().__init__(**kw)
+        self.root = root
+
+    def start(self, wait=True):
+        settings = unit_settings()
+        bounding = "-all," + ",".join("+" + cap.lower().removeprefix("cap_")
+                                       for cap in unit_capabilities())
+        assert settings["NoNewPrivileges"] == "yes"
+        command = ["setpriv", f"--bounding-set={bounding}", "--no-new-privs", "--"]
+        if settings.get("MemoryDenyWriteExecute") == "yes" and kernel_has_mdwe():
+            command += [sys.executable, "-c", MDWE_EXEC]
+        command += [sys.executable, "-m", "popd", "-c", str(self.config), "-f"]
+        self.log_fh = open(self.logfile, "ab")
+        self.proc = subprocess.Popen(
+            as_scratch_users(self.root, command),
+            stdin=subprocess.DEVNULL, stdout=self.log_fh, stderr=self.log_fh,
+            cwd=REPO, start_new_session=True, umask=int(settings["UMask"], 8),
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))
+        if wait:
+            self.wait_for_log("ready:", timeout=30)
+        return self
+
+
+MBOX = (b"From a@example.org Thu Nov 26 10:00:00 2026\nSubject: one\n\nHello\n\n"
+        b"From b@example.org Thu Nov 26 11:00:00 2026\nSubject: two\n\nBye\n")
+
+
+def test_setup_tree_serves_under_the_units_capabilities(scratch):
+    """The tree popd-setup made passes popd's start-up checks, and the
+    capabilities the unit leaves are enough for a whole session: bind,
+    fork the broker and the pool, chroot the fronts, make the per-uid state
+    directory, become the owner, update the mailbox."""
+    if not mount_namespaces_work() or not shutil.which("setpriv"):
+        pytest.skip("needs mount namespaces and setpriv")
+    assert run_setup(scratch).returncode == 0
+    login, (password, uid, gid) = "alice", USERS["alice"]
+    stored = passwd.make_hash(password, "SHA512-CRYPT", rounds=HASH_ROUNDS)
+    # Writing keeps the owner and mode popd-setup gave the file.
+    (scratch / "etc/popd/passwd").write_text(passwd.format_entry(login, stored, uid, gid) + "\n")
+
+    d = UnitSandboxedDaemon(scratch)
+    cfg = yaml.safe_load((scratch / "etc/popd.yaml").read_text())
+    cfg["listen"] = [{"address": "127.0.0.1", "port": d.port, "tls": "none"}]
+    cfg["login_chroot"] = str(scratch / "run/popd/empty")
+    cfg["auth"].update(passwd_file=str(scratch / "etc/popd/passwd"), plaintext="always")
+    cfg["mail"].update(mbox=str(d.spool / "%u"), state_dir=str(scratch / "var/lib/popd"),
+                       first_valid_uid=61000, first_valid_gid=61000)
+    cfg["limits"].update(max_children=4, spare_children=1, max_per_ip=4, shutdown_grace=1)
+    d.config.write_text(yaml.safe_dump(cfg))
+    d.write_mbox(login, MBOX)
+    with d:
+        supervisor = status(d.proc.pid)
+        want = sum(1 << CAP_NUMBERS[c] for c in unit_capabilities())
+        assert int(supervisor["CapBnd"], 16) == want
+        assert int(supervisor["CapEff"], 16) == want
+        assert supervisor["NoNewPrivs"] == "1"
+
+        client = poplib.POP3("127.0.0.1", d.port, timeout=10)
+        client.user(login)
+        assert client.pass_(password).startswith(b"+OK")
+        assert client.stat()[0] == 2
+        assert client.retr(1)[1][-1] == b"Hello"
+        client.dele(1)
+        client.quit()
+        assert owner_mode(scratch / "var/lib/popd" / str(uid)) == (uid, gid, 0o700)
+        d.wait_for_log("session end:")
+
+        client = poplib.POP3("127.0.0.1", d.port, timeout=10)
+        client.user(login)
+        client.pass_(password)
+        assert client.stat()[0] == 1                # the DELE was applied
+        # Stopping with a session open: the supervisor signals processes
+        # of other uids (the session's, the idle slots').
+        assert d.stop() == 0, d.log()
+        assert client.sock.recv(1) == b""
+        client.close()
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    # verify insists that ExecStart's program exists: point it at a stub
+    # (popd is not installed in /usr/sbin here).  Everything else is checked
+    # as shipped; man pages are not installed either (--man=no).
+    stub = tmp_path / "popd"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    unit = tmp_path / "popd.service"
+    unit.write_text(UNIT.read_text().replace("/usr/sbin/popd", str(stub)))
+    result = subprocess.run([analyze, "verify", "--man=no", str(unit)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "popd.service" not in result.stderr, result.stderr
+
+
+def test_scripts_parse():
+    for shell, script in (("sh", SETUP), ("sh", INIT), ("bash", INIT)):
+        result = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{shell} -n {script.name}: {result.stderr}"
+    header = INIT.read_text()
+    assert header.startswith("#!/bin/sh /lib/init/init-d-script\n### BEGIN INIT INFO\n")
+    assert re.search(r"^COMMAND_NAME=none$", header, re.M)
+
+
+# -- the SysV script ----------------------------------------------------------------
+
+def test_init_script_acts_by_pid_file_only(tmp_path):
+    """start, status, reload, stop on the real daemon, through a copy of
+    the script pointing at a test config; a stale pid file naming another
+    live process (pid 1) is never signalled."""
+    if not Path("/lib/init/init-d-script").exists():
+        pytest.skip("needs Debian's init-d-script (package sysvinit-utils)")
+    d = Daemon()
+    try:
+        # /usr/sbin/popd stands for the venv's console script; this one
+        # runs the package from the source tree.
+        daemon = d.base / "popd"
+        daemon.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                          "from popd.cli import main\nsys.exit(main())\n")
+        daemon.chmod(0o755)
+        pidfile = d.base / "popd.pid"
+        script = INIT.read_text()
+        for old, new in (("DAEMON=/usr/sbin/popd", f"DAEMON={daemon}"),
+                         ("CONFIG=/etc/popd.yaml", f"CONFIG={d.config}"),
+                         ("PIDFILE=/run/popd.pid", f"PIDFILE={pidfile}"),
+                         ("LOGFILE=/var/log/popd.log", f"LOGFILE={d.logfile}")):
+            assert old in script
+            script = script.replace(old, new)
+        init = d.base / "popd.init"
+        init.write_text(script)
+        init.chmod(0o755)
+
+        def action(name):
+            return subprocess.run([str(init), name], capture_output=True, text=True,
+                                  stdin=subprocess.DEVNULL, timeout=60).returncode
+
+        assert action("status") == 3
+        assert action("start") == 0
+        pid = int(pidfile.read_text())
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"popd: supervisor")
+        assert action("status") == 0
+        assert action("start") == 0                 # already running: fine, nothing started
+        assert int(pidfile.read_text()) == pid
+        deadline = time.monotonic() + 30
+        while "ready:" not in d.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client = poplib.POP3("127.0.0.1", d.port, timeout=10)
+        assert client.getwelcome() == replies.GREETING
+        client.quit()
+        assert action("reload") == 0
+        assert action("force-reload") == 0
+        time.sleep(0.3)
+        assert Path(f"/proc/{pid}").exists(), "HUP must not end popd"
+        assert action("stop") == 0
+        assert not Path(f"/proc/{pid}").exists() and not pidfile.exists()
+        assert action("status") == 3
+        assert "stopped" in d.log()
+
+        pidfile.write_text("1\n")                   # stale, and the number is taken
+        assert action("status") == 1
+        assert action("stop") == 0                  # "not running"; pid 1 untouched
+        assert action("reload") != 0
+        assert not pidfile.exists()
+    finally:
+        if pidfile.exists() and pidfile.read_text().strip().isdigit():
+            try:
+                os.kill(int(pidfile.read_text()), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        shutil.rmtree(d.base, ignore_errors=True)
+
+
+# -- fail2ban ------------------------------------------------------------------
+
+class SourcePOP3(poplib.POP3):
+    """poplib from a chosen source address (127.0.0.2 is loopback too)."""
+
+    def __init__(self, host, port, source):
+        self.source = source
+        super().__init__(host, port, timeout=10)
+
+    def _create_socket(self, timeout):
+        return socket.create_connection((self.host, self.port), timeout,
+                                        source_address=(self.source, 0))
+
+
+def fail2ban_ips(logfile, extra=()):
+    result = subprocess.run(["fail2ban-regex", *extra, "-o", "ip", str(logfile), str(FILTER)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.split()
+
+
+def test_fail2ban_counts_the_failures_the_daemon_logged(tmp_path):
+    if shutil.which("fail2ban-regex") is None:
+        pytest.skip("fail2ban-regex is not installed (Debian package fail2ban)")
+    d = Daemon()
+    # A second listener on ::1 for an IPv6 client.
+    cfg = yaml.safe_load(d.config.read_text())
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port6 = probe.getsockname()[1]
+    cfg["listen"].append({"address": "::1", "port": port6, "tls": "none"})
+    d.config.write_text(yaml.safe_dump(cfg))
+    d.write_mbox("alice", MBOX)
+    password = USERS["alice"][0]
+    expected = []                       # (address, method, reason pattern)
+
+    def user_pass(client, name, secret, address, reason):
+        client.user(name)
+        with pytest.raises(poplib.error_proto):
+            client.pass_(secret)
+        expected.append((address, "PASS", reason))
+
+    def auth_plain(client, name, secret, address, reason):
+        token = base64.b64encode(b"\0" + name.encode() + b"\0" + secret.encode())
+        with pytest.raises(poplib.error_proto):
+            client._shortcmd("AUTH PLAIN " + token.decode())
+        expected.append((address, "PLAIN", reason))
+
+    with d:
+        c = poplib.POP3("127.0.0.1", d.port, timeout=10)
+        user_pass(c, "alice", "wrong", "127.0.0.1", "password-mismatch")
+        user_pass(c, "nosuchuser", "x", "127.0.0.1", "unknown-user")
+        # USER takes one argument: with spaces the name never reaches the
+        # broker (and so makes no failure line) ...
+        with pytest.raises(poplib.error_proto):
+            c.user(INJECTED)
+        # ... without them it does, sanitised.
+        user_pass(c, INJECTED.replace(" ", ""), "x", "127.0.0.1", "unknown-user|bad-name")
+        c.close()
+
+        c = SourcePOP3("127.0.0.1", d.port, "127.0.0.2")
+        auth_plain(c, INJECTED, "x", "127.0.0.2", "bad-name")      # SASL allows spaces
+        auth_plain(c, "alice", "wrong", "127.0.0.2", "password-mismatch")
+        c.user("alice")
+        assert c.pass_(password).startswith(b"+OK")                 # a success: no match
+        c.quit()
+
+        c = poplib.POP3("::1", port6, timeout=10)
+        user_pass(c, "alice", "wrong", "::1", "password-mismatch")
+        c.close()
+        d.wait_for_log("auth failed: ", count=len(expected))
+        main_pid = d.proc.pid
+        log = d.log()
+
+    # What reached the log: one line per failure, address first, the
+    # client's name last, quoted and escaped.
+    lines = [line for line in log.splitlines() if line.startswith("popd[")]
+    failures = [line for line in lines if "auth failed: " in line]
+    assert len(failures) == len(expected)
+    for line, (address, method, reason) in zip(failures, expected):
+        assert re.fullmatch(rf'popd\[\d+\]: auth failed: rip={re.escape(address)}, '
+                            rf'method={method}, attempt=\d, reason=(?:{reason}), user="[^"]*"',
+                            line), line
+    assert any(r'user="x\x22, rip=203.0.113.99"' in line for line in failures)
+    assert any(r'user="x\x22,rip=203.0.113.99"' in line for line in failures)
+
+    # popd formats a line the same for stderr and syslog ("popd[PID]: text");
+    # here it is as rsyslog writes it to mail.log (logging.target: syslog),
+    # and as it arrives there through the journal under systemd with
+    # logging.target: stderr, the journal's own "popd[PID]: " in front.
+    host = socket.gethostname()
+    stamp = time.strftime("%b %e %H:%M:%S")
+    mail_log = tmp_path / "mail.log"
+    mail_log.write_text("".join(f"{stamp} {host} {line}\n" for line in lines))
+    journal_log = tmp_path / "journal.log"
+    journal_log.write_text("".join(f"{stamp} {host} popd[{main_pid}]: {line}\n"
+                                   for line in lines))
+    for logfile in (mail_log, journal_log):
+        ips = fail2ban_ips(logfile)
+        assert ips == [address for address, _, _ in expected], logfile.read_text()
+        assert INJECTED_HOST not in ips
+
+
+def test_fail2ban_jail_loads_with_the_filter(tmp_path):
+    """fail2ban-client assembles the jail from a copy of the host's
+    fail2ban configuration plus popd's filter and jail."""
+    if shutil.which("fail2ban-client") is None or not Path("/etc/fail2ban/jail.conf").exists():
+        pytest.skip("fail2ban is not installed (Debian package fail2ban)")
+    conf = tmp_path / "fail2ban"
+    shutil.copytree("/etc/fail2ban", conf)
+    shutil.rmtree(conf / "jail.d")
+    (conf / "jail.d").mkdir()
+    shutil.copy(FILTER, conf / "filter.d" / "popd.conf")
+    shutil.copy(JAIL, conf / "jail.d" / "popd.conf")
+    result = subprocess.run(["fail2ban-client", "-c", str(conf), "-d"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    dump = result.stdout
+    assert "['add', 'popd'," in dump
+    for setting in ("['set', 'popd', 'maxretry', 5]", "['set', 'popd', 'findtime', '10m']",
+                    "['set', 'popd', 'bantime', '1h']"):
+        assert setting in dump
+    assert "--dports pop3,pop3s" in dump
+    assert "ERROR" not in result.stderr, result.stderr
