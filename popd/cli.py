@@ -54,7 +54,8 @@ def main(argv=None):
     try:
         return supervisor.serve(cfg)
     except supervisor.StartupError as e:
-        print(f"popd: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"popd: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

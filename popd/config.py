@@ -421,6 +421,19 @@ def _namespace(values, path):
     return types.SimpleNamespace(**plain, **sections)
 
 
+def value(cfg, name):
+    """The value of a dotted key in a loaded configuration."""
+    node = cfg
+    for part in name.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def set_value(cfg, name, new):
+    section, _, leaf = name.rpartition(".")
+    setattr(value(cfg, section) if section else cfg, leaf, new)
+
+
 def mbox_path(template, login):
     """The mailbox path for a login, or None if it would leave the
     template's directory.  Built by the broker and rebuilt by the child,

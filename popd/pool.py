@@ -36,6 +36,7 @@ class Slot:
     granted: bool = False
     peer: str = ""
     started: float = field(default_factory=time.monotonic)
+    broker: object = None               # the BrokerLink holding its channels
 
     @property
     def gone(self):
@@ -66,6 +67,11 @@ class Pool:
             if slot is not None and slot.state is SlotState.IDLE:
                 return slot
         return None
+
+    def idle_forget(self, slot):
+        """A slot being retired must not be handed a client meanwhile."""
+        if slot.id in self.idle:
+            self.idle.remove(slot.id)
 
     def mark_idle(self, slot):
         assert slot.state is SlotState.STARTING, slot.state

@@ -19,14 +19,14 @@ import selectors
 import signal
 import time
 
-from . import (admission, broker, child, ipc, limits, listeners, privileges,
-               proctitle, tls, trusted_files)
+from . import (admission, child, config, ipc, limits, listeners, logsetup,
+               privileges, proctitle, tls, trusted_files)
+from .broker_link import BrokerLink, BrokerStartError
 from .config import service_ids
 from .ipc import Channel, Role
 from .logsetup import log
 from .pool import Pool, Slot, SlotState
 
-BROKER_START_TIMEOUT = 60.0
 SLOT_START_TIMEOUT = 30.0
 
 
@@ -46,7 +46,8 @@ class Supervisor:
         self.signals = set()
         self.stopping = False
         self.stop_deadline = None
-        self.broker_sock = self.broker_pid = self.broker_pidfd = None
+        self.broker = None                  # BrokerLink new slots use
+        self.retired = []                   # brokers still serving old slots
         self.service_uids, self.service_gids = service_ids(cfg)
         self.draining = {}                  # slot id -> when its front is killed
 
@@ -55,7 +56,7 @@ class Supervisor:
         proctitle.set_title(proctitle.SUPERVISOR)
         privileges.set_child_subreaper()
         self.setup_signals()
-        self.fork_broker()
+        self.broker = self.start_broker(self.cfg)
         self.load_tls()
         # Everything allocated so far is shared copy-on-write with every
         # slot; freezing keeps the collector from touching (and so
@@ -84,7 +85,7 @@ class Supervisor:
         try:
             tls.install(tls.build_context(self.cfg.tls))
         except tls.TLSConfigError as e:
-            self.stop_broker()
+            self.broker.stop()
             raise StartupError(str(e)) from None
 
     def setup_signals(self):
@@ -95,37 +96,14 @@ class Supervisor:
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         self.sel.register(r, selectors.EVENT_READ, (self.on_wakeup, None))
 
-    def fork_broker(self):
-        ours, theirs = ipc.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            code = 0
-            try:
-                broker.run(self.cfg, theirs)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except BaseException:               # noqa: B902 - last resort
-                log.exception("auth broker: internal error")
-                code = 1
-            os._exit(code)
-        theirs.close()
-        self.broker_sock, self.broker_pid = ours, pid
-        self.broker_pidfd = os.pidfd_open(pid)
-        ready, _, _ = select.select([ours], [], [], BROKER_START_TIMEOUT)
+    def start_broker(self, cfg):
         try:
-            msg = ipc.recv(ours, Channel.SUPERVISOR_BROKER, Role.SUPERVISOR) \
-                if ready else None
-        except (ipc.Closed, ipc.Violation):
-            msg = None
-        if msg is None or msg.name != "BROKER_READY":
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise StartupError("the auth broker did not start (see the "
-                               "message above)")
-        self.sel.register(ours, selectors.EVENT_READ, (self.on_broker, None))
-        self.sel.register(self.broker_pidfd, selectors.EVENT_READ,
-                          (self.on_broker_exit, None))
+            link = BrokerLink.start(cfg)
+        except BrokerStartError as e:
+            raise StartupError(str(e)) from None
+        self.sel.register(link.sock, selectors.EVENT_READ, (self.on_broker, link))
+        self.sel.register(link.pidfd, selectors.EVENT_READ, (self.on_broker_exit, link))
+        return link
 
     # -- the loop ------------------------------------------------------------
     def run(self):
@@ -137,7 +115,7 @@ class Supervisor:
                 callback(arg)
             self.handle_signals()
             self.enforce_deadlines()
-        self.stop_broker()
+        self.stop_brokers()
         log.info("stopped")
         return 0
 
@@ -160,9 +138,79 @@ class Supervisor:
             self.reap()
         if signals & {signal.SIGTERM, signal.SIGINT} and not self.stopping:
             self.begin_stop()
-        if signal.SIGHUP in signals:
-            log.warning("SIGHUP: reloading is not supported yet; restart "
-                        "popd to apply configuration changes")
+        if signal.SIGHUP in signals and not self.stopping:
+            self.reload()
+
+    # -- SIGHUP ----------------------------------------------------------------
+    def reload(self):
+        """Read the configuration again and apply it to new slots; sessions
+        in progress keep what they started with.  A configuration that does
+        not load, a TLS certificate that does not, or a broker that does
+        not start: logged, and the running configuration stays."""
+        try:
+            new = config.load(self.cfg.path)
+        except config.ConfigError as e:
+            log.error("SIGHUP: configuration refused, the running one stays: %s",
+                      "; ".join(e.problems))
+            return
+        problems = startup_problems(new)
+        if problems:
+            log.error("SIGHUP: configuration refused, the running one stays: %s",
+                      "; ".join(problems))
+            return
+        fixed = [k.name for k in config.KEYS if not k.reloadable
+                 and config.value(new, k.name) != config.value(self.cfg, k.name)]
+        for name in fixed:
+            config.set_value(new, name, config.value(self.cfg, name))
+        if fixed:
+            log.warning("SIGHUP: %s changed; these need a restart, the running "
+                        "values stay", ", ".join(fixed))
+        # The new broker is forked before the new TLS context is built, and
+        # after the old one is dropped: OpenSSL clears a private key when it
+        # frees it, so the broker starts without a usable copy of the key.
+        old_ctx = tls.context()
+        tls.install(None)
+        gc.collect()
+        try:
+            link = self.start_broker(new)
+        except StartupError as e:
+            tls.install(old_ctx)
+            log.error("SIGHUP: %s; the running configuration stays", e)
+            return
+        ctx = None
+        if any(listen.tls != "none" for listen, _ in self.sockets):
+            try:
+                ctx = tls.build_context(new.tls)
+            except tls.TLSConfigError as e:
+                tls.install(old_ctx)
+                self.retire(link)
+                log.error("SIGHUP: %s; the running configuration stays", e)
+                return
+        del old_ctx
+        tls.install(ctx)
+        self.cfg = new
+        logsetup.setup(new.logging)
+        proctitle.configure(new.logging.verbose_proctitle)
+        self.admission.max_children = new.limits.max_children
+        self.admission.max_per_ip = new.limits.max_per_ip
+        self.retire(self.broker)
+        self.broker = link
+        # Idle slots hold the old configuration and the old broker's
+        # channels: replace them.  Busy ones finish as they are.
+        for slot in list(self.pool.slots.values()):
+            if slot.state in (SlotState.STARTING, SlotState.IDLE):
+                self.kill_slot(slot)
+                self.pool.idle_forget(slot)
+        log.info("SIGHUP: configuration reloaded from %s", new.path)
+
+    def retire(self, link):
+        """A broker that new slots no longer use; it stops when the last
+        slot that has its channels is gone."""
+        link.retired = True
+        self.retired.append(link)
+        if link.slots == 0 and not link.exited:
+            self.sel.unregister(link.sock)
+            link.sock.close()
 
     # -- admission and hand-over -----------------------------------------------
     def on_accept(self, listen):
@@ -193,7 +241,7 @@ class Supervisor:
                 return
             conn, ip, port, listen, key, _ = self.pending.popleft()
             try:
-                ipc.send(self.broker_sock, "CHANNEL_BIND", slot=slot.id, peer_ip=ip)
+                slot.broker.send("CHANNEL_BIND", slot=slot.id, peer_ip=ip)
                 ipc.send(slot.sock, "CONNECTION", fds=[conn.fileno()], peer_ip=ip,
                          peer_port=port, listener=listeners.label(listen),
                          tls=listen.tls)
@@ -223,7 +271,7 @@ class Supervisor:
         child_broker_b, child_broker_c = ipc.socketpair()
         sup_end, child_end = ipc.socketpair()
         try:
-            ipc.send(self.broker_sock, "CHANNELS_NEW", slot=sid,
+            self.broker.send("CHANNELS_NEW", slot=sid,
                      fds=[front_broker_b.fileno(), child_broker_b.fileno()])
         finally:
             front_broker_b.close()
@@ -234,7 +282,8 @@ class Supervisor:
             child.run(self.cfg, sid, child_end, front_broker_f, child_broker_c)
         for s in (child_end, front_broker_f, child_broker_c):
             s.close()
-        slot = Slot(sid, pid, os.pidfd_open(pid), sup_end)
+        slot = Slot(sid, pid, os.pidfd_open(pid), sup_end, broker=self.broker)
+        self.broker.slots += 1
         self.pool.add(slot)
         self.sel.register(sup_end, selectors.EVENT_READ, (self.on_slot, slot))
         self.sel.register(slot.pidfd, selectors.EVENT_READ, (self.on_child_exit, slot))
@@ -318,6 +367,11 @@ class Supervisor:
         if slot.admission_key is not None:
             self.admission.release(slot.admission_key)
         self.pool.remove(slot)
+        link = slot.broker
+        link.slots -= 1
+        if link.retired and link.slots == 0 and not link.exited:
+            self.sel.unregister(link.sock)
+            link.sock.close()              # it exits; on_broker_exit reaps it
 
     def kill_slot(self, slot):
         send_signal(slot.pidfd, signal.SIGKILL)
@@ -336,15 +390,16 @@ class Supervisor:
                 log.warning("process %d died of signal %d", pid, os.WTERMSIG(status))
 
     # -- grants ----------------------------------------------------------------
-    def on_broker(self, _):
+    def on_broker(self, link):
         try:
-            msg = ipc.recv(self.broker_sock, Channel.SUPERVISOR_BROKER, Role.SUPERVISOR)
+            msg = ipc.recv(link.sock, Channel.SUPERVISOR_BROKER, Role.SUPERVISOR)
         except (ipc.Closed, ipc.Violation) as e:
             log.error("auth broker channel: %s", e)
-            self.sel.unregister(self.broker_sock)
+            self.sel.unregister(link.sock)
             return
         slot = self.pool.slots.get(msg.slot) if msg.name == "GRANTED" else None
-        if slot is None or slot.state is not SlotState.BUSY or slot.granted:
+        if (slot is None or slot.broker is not link or slot.state is not SlotState.BUSY
+                or slot.granted):
             log.warning("unexpected %s from the broker", msg.name)
             return
         slot.granted = True
@@ -364,9 +419,15 @@ class Supervisor:
         except OSError:
             self.kill_slot(slot)
 
-    def on_broker_exit(self, _):
-        self.sel.unregister(self.broker_pidfd)
+    def on_broker_exit(self, link):
+        self.sel.unregister(link.pidfd)
+        if link.sock.fileno() >= 0:
+            self.sel.unregister(link.sock)
+        link.exited = True
         self.reap()
+        if link is not self.broker:
+            self.retired.remove(link)      # a retired broker finished
+            return
         if self.stopping:
             return
         log.error("the auth broker exited; stopping (no login could succeed)")
@@ -424,18 +485,10 @@ class Supervisor:
             if slot.state in (SlotState.STARTING, SlotState.IDLE):
                 self.kill_slot(slot)
 
-    def stop_broker(self):
-        """Close its channel: the broker stops its workers and exits; one
-        that does not within a few seconds is killed."""
-        self.broker_sock.close()
-        ready, _, _ = select.select([self.broker_pidfd], [], [], 5.0)
-        if not ready:
-            send_signal(self.broker_pidfd, signal.SIGKILL)
-        try:
-            os.waitpid(self.broker_pid, 0)
-        except ChildProcessError:
-            pass
-
+    def stop_brokers(self):
+        for link in [self.broker] + self.retired:
+            if not link.exited:
+                link.stop()
 
 def send_signal(pidfd, sig):
     """Signal through a pidfd (never hits a recycled pid); a process that
@@ -448,14 +501,27 @@ def send_signal(pidfd, sig):
         pass
 
 
-def serve(cfg):
-    """Prepare the directories, bind, run; returns the exit code."""
-    problems = [p for p in (
+def startup_problems(cfg):
+    """Every file and directory popd trusts, checked: one line each."""
+    problems = [
         trusted_files.root_directory(cfg.mail.state_dir, 0o711),
         trusted_files.root_directory(cfg.login_chroot, 0o755, must_be_empty=True),
-    ) if p]
+        trusted_files.trusted_file(cfg.path, "the configuration", readable_by_others=True),
+        trusted_files.trusted_file(cfg.auth.passwd_file, "the passwd file",
+                                   readable_by_others=False, group=cfg.broker_group),
+        trusted_files.spool_directory(cfg.mail.mbox),
+    ]
+    return [p for p in problems if p]
+
+
+def serve(cfg):
+    """Prepare the directories, bind, run; returns the exit code."""
+    problems = startup_problems(cfg)
     if problems:
-        raise StartupError("; ".join(problems))
+        raise StartupError("\n".join(problems))
+    warning = trusted_files.suid_dumpable_warning()
+    if warning:
+        log.warning("%s", warning)
     sockets = []
     try:
         for listen in cfg.listen:
