@@ -131,7 +131,11 @@ def optional(check):
     optional_check.doc = f"{check.doc}, or null"
     return optional_check
 
-LISTEN_FIELDS = {"address", "port", "tls"}
+LISTEN_FIELDS = {"address", "port", "tls", "backlog"}
+# listen(2) backlog: connections the kernel completes before popd accepts
+# them (capped by net.core.somaxconn); SYN floods are the kernel's to absorb
+# (syncookies), see popd(8).
+DEFAULT_BACKLOG = 128
 
 
 def listen_list(v):
@@ -145,7 +149,7 @@ def listen_list(v):
         unknown = set(item) - LISTEN_FIELDS
         if unknown:
             raise Problem(f"{where}: unknown field {sorted(unknown)[0]!r}; "
-                          f"allowed: address, port, tls")
+                          f"allowed: address, port, tls, backlog")
         try:
             addr = ipaddress.ip_address(item.get("address", ""))
         except ValueError:
@@ -154,15 +158,16 @@ def listen_list(v):
         try:
             port = integer(1, 65535)(item.get("port"))
             tls = choice("none", "starttls", "implicit")(item.get("tls", "none"))
+            backlog = integer(1, 65535)(item.get("backlog", DEFAULT_BACKLOG))
         except Problem as e:
             raise Problem(f"{where}: {e}") from None
         if (str(addr), port) in seen:
             raise Problem(f"{where}: {addr} port {port} is listed twice")
         seen.add((str(addr), port))
-        out.append(types.SimpleNamespace(address=str(addr), port=port,
-                                         tls=tls, family=addr.version))
+        out.append(types.SimpleNamespace(address=str(addr), port=port, tls=tls,
+                                         backlog=backlog, family=addr.version))
     return out
-listen_list.doc = "list of {address, port, tls: none | starttls | implicit}"
+listen_list.doc = "list of {address, port, tls: none | starttls | implicit, backlog}"
 
 
 def cipher_list(v):

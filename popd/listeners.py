@@ -10,9 +10,6 @@ explicitly, as configured.
 """
 import socket
 
-BACKLOG = 128
-
-
 class BindError(Exception):
     pass
 
@@ -26,7 +23,7 @@ def bind(listen):
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((listen.address, listen.port))
-        sock.listen(BACKLOG)
+        sock.listen(listen.backlog)
     except OSError as e:
         sock.close()
         raise BindError(f"cannot listen on {label(listen)}: {e.strerror}") from None

@@ -211,3 +211,21 @@ def test_broker_survives_garbage_from_a_front(popd, garbage):
     if garbage:                       # (an empty datagram reads as a close)
         assert "broker: closing the channels of slot" in popd.log()
     still_serves(popd)
+
+
+def test_a_child_killed_mid_session_leaves_the_maildrop_and_the_server_intact(popd):
+    big = b"From x@y Thu Nov 26 10:00:00 2026\nSubject: big\n\n" + b"y" * 80 + b"\n" * 1
+    data = MBOX + big * 2000
+    popd.write_mbox("alice", data)
+    s, f = connect_raw(popd)
+    f.readline()
+    s.sendall(b"USER alice\r\nPASS %s\r\nDELE 1\r\nRETR 3\r\n" % USERS["alice"][0].encode())
+    f.readline(), f.readline(), f.readline()
+    (child,) = popd.wait_for_pids("child session", 1)
+    os.kill(child, 9)
+    assert f.read() is not None
+    time.sleep(0.5)
+    assert (popd.spool / "alice").read_bytes() == data       # nothing deleted, nothing lost
+    c = login(popd)
+    assert c.stat()[0] == 2002
+    c.quit()

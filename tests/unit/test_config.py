@@ -118,3 +118,11 @@ def test_every_key_is_documented_in_the_man_page_and_example():
         leaf = key.name.split(".")[-1]
         assert f"Cm {key.name}" in man or f"Cm {leaf}" in man, key.name
         assert f"{leaf}:" in example, key.name
+
+
+def test_listen_backlog(tmp_path):
+    cfg = config.load(write(tmp_path, GOOD.replace("tls: none}", "tls: none, backlog: 512}")))
+    assert cfg.listen[0].backlog == 512
+    assert config.load(write(tmp_path, GOOD)).listen[0].backlog == 128
+    found = problems(tmp_path, GOOD.replace("tls: none}", "tls: none, backlog: 0}"))
+    assert any("listen: [0]: 0 is out of range; allowed: 1..65535" in p for p in found), found
