@@ -18,7 +18,7 @@ import hashlib
 import os
 import stat
 
-from . import limits, locking, mbox, mbox_update, uidl
+from . import index_cache, limits, locking, mbox, mbox_update, uidl
 from .logsetup import log
 
 
@@ -37,6 +37,7 @@ class Maildrop:
         key = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:20]
         base = os.path.join(state_dir, str(uid), key)
         self.journal = base + ".journal"
+        self.index_file = base + ".index"
         self.uid_state = base + ".uidl"
         self.session_lock = base + ".session"
         self.lock_helper = lock_helper
@@ -45,6 +46,7 @@ class Maildrop:
         self.index = mbox.MboxIndex()
         self._ids = None
         self._state = None
+        self._bases = None          # UIDL bases known from the index cache
 
     # -- open --------------------------------------------------------------------
     def open(self):
@@ -71,12 +73,25 @@ class Maildrop:
                     raise MailboxError(e.code, e.text) from None
                 if outcome != "none":
                     log.warning("mailbox %s: interrupted update %s", self.path, outcome)
-            try:
-                self.index = mbox.scan(fd)
-            except mbox.MboxFormatError as e:
-                log.error("mailbox %s: not an mbox file: %s", self.path, e)
-                raise MailboxError("SYS/PERM", "Mailbox is damaged") from None
+            cached = None if exclusive else index_cache.load(self.index_file, fd)
+            if cached is not None:
+                self.index, self._bases = cached
+            else:
+                try:
+                    self.index = mbox.scan(fd)
+                except mbox.MboxFormatError as e:
+                    log.error("mailbox %s: not an mbox file: %s", self.path, e)
+                    raise MailboxError("SYS/PERM", "Mailbox is damaged") from None
+                # A grown file re-indexed in part is saved once its UIDL
+                # bases are complete too (ids()); a fresh scan now.
+                self._save_index(None)
         return self
+
+    def _save_index(self, bases):
+        try:
+            index_cache.save(self.index_file, self.fd, self.index, bases)
+        except OSError as e:
+            log.warning("state %s: cannot save the index: %s", self.index_file, e.strerror)
 
     def _take_session_lock(self):
         try:
@@ -115,7 +130,10 @@ class Maildrop:
     # -- UIDs ------------------------------------------------------------------
     def ids(self):
         if self._ids is None:
-            bases = uidl.compute_bases(self.fd, self.index) if self.fd is not None else []
+            bases = list(self._bases or [])[:len(self.index)]
+            if self.fd is not None and len(bases) < len(self.index):
+                bases += uidl.compute_bases(self.fd, self.index, first=len(bases))
+                self._save_index(bases)
             stored = uidl.load_state(self.uid_state)
             self._ids, self._state = uidl.assign(bases, stored)
             if self._state != stored:

@@ -251,13 +251,18 @@ def _finish(index: MboxIndex, buf: bytes, base: int, e: int,
 
 
 def scan(fd: int, size: int | None = None,
-         chunk: int = SCAN_CHUNK) -> MboxIndex:
+         chunk: int = SCAN_CHUNK, extend: MboxIndex | None = None) -> MboxIndex:
     """Index the first ``size`` bytes (default: ``fstat`` size) of ``fd``.
 
     One pass of ``os.pread`` calls of ``chunk`` bytes (plus an 8-byte
     overlap); boundaries are found with ``bytes.find`` and line ends are
     counted with ``bytes.count``, so there is no Python work per line.
     Memory: one buffer plus the index.
+
+    With ``extend``, an index of the file's first ``extend.size`` bytes,
+    only the bytes after it are scanned and their messages appended: mail
+    delivered since the index was made.  The appended part must start with
+    a ``From `` line (else MboxFormatError: the caller rescans).
     """
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
@@ -265,22 +270,26 @@ def scan(fd: int, size: int | None = None,
         size = os.fstat(fd).st_size
     if size < 0:
         raise ValueError("size must be >= 0")
-    index = MboxIndex(size)
-    if size == 0:
+    begin = extend.size if extend is not None else 0
+    if size < begin:
+        raise MboxChangedError("file is shorter than the index")
+    index = extend if extend is not None else MboxIndex(size)
+    index.size = size
+    if size == begin:
         return index
-    if size < len(_FROM) or _pread(fd, len(_FROM), 0) != _FROM:
+    if size - begin < len(_FROM) or _pread(fd, len(_FROM), begin) != _FROM:
         raise MboxFormatError("mailbox does not start with a 'From ' line")
 
-    cur_off = 0          # offset of the current message's From line
+    cur_off = begin      # offset of the current message's From line
     cur_start = -1       # its content start; -1 while its LF is unseen
     lf = crlf = 0        # LFs / CRLFs counted so far in its raw content
-    pos = 0              # file offset of the next fresh byte
+    pos = begin          # file offset of the next fresh byte
     buf = b""
-    base = 0
+    base = begin
     find = bytes.find
     count = bytes.count
     while pos < size:
-        base = pos - _OVERLAP if pos > _OVERLAP else 0
+        base = pos - _OVERLAP if pos - _OVERLAP > begin else begin
         f0 = pos - base
         buf = _pread(fd, min(chunk, size - pos) + f0, base)
         nb = len(buf)

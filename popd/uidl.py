@@ -65,8 +65,8 @@ def base_id(head):
     return base64.b32encode(h.digest()).decode("ascii").lower()
 
 
-def compute_bases(fd, index):
-    return [base_id(header_block(fd, index, n)) for n in range(len(index))]
+def compute_bases(fd, index, first=0):
+    return [base_id(header_block(fd, index, n)) for n in range(first, len(index))]
 
 
 def assign(bases, state):
