@@ -193,7 +193,7 @@ class Child:
                 return None
             if msg.name == "HANDOVER":
                 self.state = ChildState.SESSION
-                return socket.socket(fileno=msg.fds[0]), msg.leftover
+                return socket.socket(fileno=msg.fds[0]), msg.leftover, msg.tls
 
     def serve(self):
         if not self.wait_for_connection():
@@ -212,21 +212,23 @@ class Child:
         taken = self.take_client()
         if taken is None:
             return
-        sock, leftover = taken
+        sock, leftover, tls = taken
         # From here on only the client and the mailbox matter: the channels
         # to the broker and the (exited) front are closed.
         self.broker.close()
         self.front.close()
         started = time.monotonic()
+        user = logsetup.sanitize(grant.login, 64)
+        log.info('session start: rip=%s, user="%s", tls=%s, messages=%d',
+                 self.peer_ip, user, logsetup.sanitize(tls, 120), len(drop.index))
         session = ChildSession(sock, self.cfg, drop, leftover)
         outcome = session.serve()
         session.close()
         drop.close()
-        log.info('session end: rip=%s, user="%s", retrieved=%d, deleted=%d, '
-                 'bytes=%d, duration=%.3f, reason=%s', self.peer_ip,
-                 logsetup.sanitize(grant.login, 64), session.retrieved,
-                 session.removed, session.bytes_sent, time.monotonic() - started,
-                 outcome)
+        log.info('session end: rip=%s, user="%s", tls=%s, retrieved=%d, deleted=%d, '
+                 'bytes=%d, duration=%.3f, reason=%s', self.peer_ip, user,
+                 logsetup.sanitize(tls, 120), session.retrieved, session.removed,
+                 session.bytes_sent, time.monotonic() - started, outcome)
 
 
 def run(cfg, slot, sup_sock, front_broker, child_broker):

@@ -110,11 +110,12 @@ def run(cfg, child_sock, broker_sock):
         # Cleartext: the child takes over the socket and what we had read
         # past PASS (pipelined commands), and we are done.
         ipc.send(child_sock, "HANDOVER", fds=[session.sock.fileno()],
-                 leftover=session.reader.take_buffered())
+                 leftover=session.reader.take_buffered(), tls="none")
         session.sock.close()
         return
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ipc.send(child_sock, "HANDOVER", fds=[theirs.fileno()], leftover=b"")
+    ipc.send(child_sock, "HANDOVER", fds=[theirs.fileno()], leftover=b"",
+             tls=tls.describe(session.tls)[:120])
     theirs.close()
     # From here on the front needs neither channel: the broker has granted,
     # the child has the stream.  Log lines would have nowhere to go.

@@ -123,8 +123,9 @@ MESSAGES = [
     Spec("MAILBOX_READY", 19, _C.CHILD_FRONT, _R.CHILD, ()),
     Spec("MAILBOX_ERR", 21, _C.CHILD_FRONT, _R.CHILD,
          (("code", STR(16)), ("text", STR(200)))),
+    # tls: "none" or the protocol and cipher, for the session's log lines.
     Spec("HANDOVER", 20, _C.CHILD_FRONT, _R.FRONT,
-         (("leftover", BYTES(limits.MAX_FRAME - 64)),), fds=1),
+         (("leftover", BYTES(limits.MAX_FRAME - 200)), ("tls", STR(120))), fds=1),
     Spec("LOG", 22, _C.CHILD_FRONT, _R.FRONT,
          (("level", U32), ("text", STR(1000)))),
 ]

@@ -66,7 +66,22 @@ def test_syslog_target_facility_mail_and_sanitised_user():
     assert fail[0].rstrip("\x00\n").endswith(
         'reason=unknown-user, user="ev\\x22il\\x5cname,rip=203.0.113.9"')
     assert any('login: rip=127.0.0.1, method=PASS' in l for l in lines)
-    assert any('session end: rip=127.0.0.1, user="alice", retrieved=1, deleted=0' in l
+    assert any('session end: rip=127.0.0.1, user="alice", tls=none, retrieved=1, deleted=0' in l
                for l in lines)
     pids = {re.match(r"<\d+>popd\[(\d+)\]", l).group(1) for l in lines}
     assert len(pids) >= 3              # supervisor, broker, child: each its own pid
+
+
+def test_session_lines_carry_the_tls_version():
+    with Daemon(tls=True) as d:
+        d.write_mbox("alice", MBOX)
+        c = poplib.POP3_SSL("localhost", d.tls_port, context=d.client_context(), timeout=10)
+        c.user("alice")
+        c.pass_(USERS["alice"][0])
+        c.dele(1)
+        c.quit()
+        d.wait_for_log("session end:")
+        start = [l for l in d.log().splitlines() if "session start:" in l][0]
+        end = [l for l in d.log().splitlines() if "session end:" in l][0]
+        assert 'user="alice", tls=TLSv1.3 TLS_' in start and start.endswith("messages=2")
+        assert "tls=TLSv1.3" in end and "retrieved=0, deleted=1" in end
