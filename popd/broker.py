@@ -186,16 +186,7 @@ class Broker:
     # -- workers -------------------------------------------------------------
     def spawn_worker(self):
         ours, theirs = ipc.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            code = 0
-            try:
-                worker_main(self.cfg, theirs, self.verifier)
-            except BaseException:               # noqa: B902 - last resort
-                log.exception("auth worker: internal error")
-                code = 1
-            os._exit(code)
+        process.fork_role("auth worker", worker_main, self.cfg, theirs, self.verifier)
         theirs.close()
         self.workers[ours] = None
         self.sel.register(ours, selectors.EVENT_READ, ("worker", ours))

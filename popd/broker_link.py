@@ -9,9 +9,8 @@ import os
 import select
 import signal
 
-from . import broker, ipc
+from . import broker, ipc, process
 from .ipc import Channel, Role
-from .logsetup import log
 
 START_TIMEOUT = 60.0
 
@@ -32,18 +31,7 @@ class BrokerLink:
         """Fork a broker and wait for BROKER_READY (it has loaded the
         passwd file as its own user by then)."""
         ours, theirs = ipc.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            code = 0
-            try:
-                broker.run(cfg, theirs)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except BaseException:               # noqa: B902 - last resort
-                log.exception("auth broker: internal error")
-                code = 1
-            os._exit(code)
+        pid = process.fork_role("auth broker", broker.run, cfg, theirs)
         theirs.close()
         link = cls(pid, os.pidfd_open(pid), ours)
         ready, _, _ = select.select([ours], [], [], START_TIMEOUT)

@@ -69,16 +69,7 @@ class Child:
         # them through a pidfd.
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
         ours, theirs = ipc.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            code = 0
-            try:
-                front.run(self.cfg, theirs, front_broker)
-            except BaseException:               # noqa: B902 - last resort
-                log.exception("front: internal error")
-                code = 1
-            os._exit(code)
+        pid = process.fork_role("front", front.run, self.cfg, theirs, front_broker)
         theirs.close()
         front_broker.close()
         self.front, self.front_pid = ours, pid

@@ -50,6 +50,25 @@ def close_fds_except(keep):
             pass
 
 
+def fork_role(name, target, *args):
+    """Fork; the new process runs target(*args) and leaves with os._exit
+    (never through the parent's atexit handlers or its stack).  Returns the
+    pid in the parent.  target starts with after_fork(), which closes
+    whatever it inherited beyond its own fds."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        target(*args)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:                       # noqa: B902 - last resort
+        logsetup.log.exception("%s: internal error", name)
+        code = 1
+    os._exit(code)
+
+
 def after_fork(keep):
     """The log handlers' fds (a syslog socket) are kept too, so that
     logsetup.setup() can close them properly when it replaces them."""
