@@ -1,14 +1,16 @@
 """`popd`: arguments, exit codes, one line per configuration problem.
 
-Runs in: the launcher, which becomes the supervisor.  Everything that can
-fail is checked here, while errors can still reach the terminal and the
-exit code: the config, the directories, the sockets, the auth broker.
+Runs in: the launcher, which becomes the supervisor (with -f) or forks the
+daemon that does and waits for its word (daemonize.py).  Everything that
+can fail is reported while it can still reach the terminal and the exit
+code: the config, the pid file, the directories, the sockets, the TLS key,
+the auth broker; without -f the daemon reports them through the launcher.
 """
 import argparse
 import os
 import sys
 
-from . import __version__, config, logsetup, proctitle, supervisor
+from . import __version__, config, daemonize, logsetup, proctitle, supervisor
 
 
 def parse_args(argv):
@@ -17,7 +19,8 @@ def parse_args(argv):
     p.add_argument("-c", "--config", default=config.DEFAULT_PATH, metavar="FILE",
                    help=f"configuration file (default {config.DEFAULT_PATH})")
     p.add_argument("-f", "--foreground", action="store_true",
-                   help="stay in the foreground (systemd, tests)")
+                   help="stay in the foreground (systemd, tests); without it popd "
+                        "detaches and exits 0 once it serves")
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration and exit (0 = valid)")
     p.add_argument("--version", action="version", version=f"popd {__version__}")
@@ -26,8 +29,10 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Absolute: the daemon works in "/", and SIGHUP reads the file again.
+    path = os.path.abspath(args.config)
     try:
-        cfg = config.load(args.config)
+        cfg = config.load(path)
     except config.ConfigError as e:
         for problem in e.problems:
             print(f"popd: {problem}", file=sys.stderr)
@@ -35,30 +40,46 @@ def main(argv=None):
     if args.check_config:
         print(f"popd: {args.config}: configuration is valid")
         return 0
-    if not args.foreground:
-        print("popd: detaching is not implemented in this version; run with -f "
-              "(under systemd, Type=simple)", file=sys.stderr)
-        return 2
     if os.geteuid() != 0:
         print("popd: must be started as root (it binds ports and drops "
               "privileges per process)", file=sys.stderr)
         return 1
+    daemonize.tighten_umask()
+    if args.foreground:
+        return run(cfg, daemonize.ForegroundReport())
+    return daemonize.launch(cfg.logging.target == "stderr",
+                            lambda report: run(cfg, report))
+
+
+def run(cfg, report):
+    """Runs in the process that becomes the supervisor (the launcher with
+    -f, the detached daemon without): logging, the pid file, then serve.
+    Problems go to `report`: stderr, or the launcher's pipe."""
     proctitle.configure(cfg.logging.verbose_proctitle)
     try:
         logsetup.setup(cfg.logging)
     except OSError as e:
-        print(f"popd: logging.syslog_address: cannot reach "
-              f"{cfg.logging.syslog_address}: {e.strerror}; is the syslog "
-              f"daemon running?", file=sys.stderr)
+        report.failed([f"logging.syslog_address: cannot reach "
+                       f"{cfg.logging.syslog_address}: {e.strerror}; is the "
+                       f"syslog daemon running?"])
+        return 1
+    # Taken before anything binds, so a second popd says "already running"
+    # rather than "address in use"; and in this process, so the pid is the
+    # supervisor's.
+    try:
+        pidfile = daemonize.Pidfile.acquire(cfg.pidfile)
+    except daemonize.PidfileError as e:
+        report.failed([str(e)])
         return 1
     try:
-        return supervisor.serve(cfg)
+        return supervisor.serve(cfg, on_ready=report.ready, on_stopping=report.stopping)
     except supervisor.StartupError as e:
-        for line in str(e).splitlines():
-            print(f"popd: {line}", file=sys.stderr)
+        report.failed(str(e).splitlines())
         return 1
     except KeyboardInterrupt:
         return 0
+    finally:
+        pidfile.remove()
 
 
 if __name__ == "__main__":

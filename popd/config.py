@@ -220,6 +220,14 @@ KEYS = [
     Key("login_chroot", absolute_path, "/run/popd/empty",
         "Empty root-owned directory the fronts chroot into; created (0755) "
         "if missing.", False),
+    Key("login_seccomp", choice("required", "optional", "off"), "optional",
+        "seccomp filter for fronts (needs pyseccomp: pip install "
+        "popd[seccomp]): required (refuse to start without it), optional "
+        "(use it when installed, else warn at startup), off.", False),
+    Key("pidfile", absolute_path, "/run/popd/popd.pid",
+        "The supervisor's pid file, written in both modes and locked while "
+        "it runs; its directory must be root's (created 0755 if missing).",
+        False),
     Key("implementation", optional(announce), None,
         "Text announced as CAPA IMPLEMENTATION (e.g. popd); unset: not "
         "announced, so no version string reaches the network."),

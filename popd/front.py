@@ -24,7 +24,7 @@ import socket
 import ssl
 import time
 
-from . import ipc, logsetup, privileges, process, proctitle, tls
+from . import ipc, logsetup, privileges, process, proctitle, seccomp, tls
 from .authorization import FrontSession
 from .ipc import Channel, Role
 from .logsetup import log
@@ -69,6 +69,9 @@ def run(cfg, child_sock, broker_sock):
     logsetup.setup(cfg.logging, handler=ChannelLogHandler(child_sock))
     privileges.sandbox_front(cfg.login_chroot, cfg.login_user, cfg.login_group)
     privileges.limit_resources(FRONT_FILES, cfg.limits.session_memory)
+    # From here on only the system calls a front needs (popd/seccomp.py):
+    # no signals to other fronts, no sockets, no exec, no files.
+    seccomp.confine_front(cfg.login_seccomp)
 
     # Idle: wait for a client from the child.  The broker never speaks
     # first, so anything readable there means its channel is gone, and a

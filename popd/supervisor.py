@@ -20,7 +20,7 @@ import signal
 import time
 
 from . import (admission, child, config, ipc, limits, listeners, logsetup,
-               privileges, proctitle, tls, trusted_files)
+               privileges, proctitle, seccomp, tls, trusted_files)
 from .broker_link import BrokerLink, BrokerStartError
 from .config import service_ids
 from .ipc import Channel, Role
@@ -35,6 +35,10 @@ class StartupError(Exception):
 
 
 class Supervisor:
+    # Told once start-up is complete, and when a stop begins: the launcher's
+    # status pipe or systemd's notify socket (daemonize.py).
+    on_ready = on_stopping = None
+
     def __init__(self, cfg, sockets):
         self.cfg = cfg
         self.sockets = sockets              # [(listen config, socket)]
@@ -72,6 +76,8 @@ class Supervisor:
         log.info("ready: listening on %s; max_children=%d, spare_children=%d",
                  ", ".join(listeners.label(l) for l, _ in self.sockets),
                  self.cfg.limits.max_children, self.cfg.limits.spare_children)
+        if self.on_ready:
+            self.on_ready()
 
     def load_tls(self):
         """Build the TLS context now: after the broker is forked (it never
@@ -469,6 +475,8 @@ class Supervisor:
 
     def begin_stop(self):
         self.stopping = True
+        if self.on_stopping:
+            self.on_stopping()
         self.stop_deadline = time.monotonic() + self.cfg.limits.shutdown_grace
         busy = self.pool.count(SlotState.BUSY)
         log.info("stopping: %d session(s) may finish within %d s", busy,
@@ -514,7 +522,7 @@ def startup_problems(cfg):
     return [p for p in problems if p]
 
 
-def serve(cfg):
+def serve(cfg, on_ready=None, on_stopping=None):
     """Prepare the directories, bind, run; returns the exit code."""
     problems = startup_problems(cfg)
     if problems:
@@ -522,6 +530,13 @@ def serve(cfg):
     warning = trusted_files.suid_dumpable_warning()
     if warning:
         log.warning("%s", warning)
+    # The fronts' seccomp filter (popd/seccomp.py) needs pyseccomp, an
+    # optional dependency: said once here, fatal only if required.
+    problem = seccomp.startup_problem(cfg.login_seccomp)
+    if problem and cfg.login_seccomp == "required":
+        raise StartupError(problem)
+    if problem:
+        log.warning("%s", problem)
     sockets = []
     try:
         for listen in cfg.listen:
@@ -532,6 +547,7 @@ def serve(cfg):
         raise StartupError(str(e)) from None
     sup = Supervisor(cfg, sockets)
     sup.exit_code = 0
+    sup.on_ready, sup.on_stopping = on_ready, on_stopping
     sup.start()
     sup.run()
     return sup.exit_code

@@ -69,6 +69,7 @@ class Daemon:
             "login_user": LOGIN_UID, "login_group": LOGIN_UID,
             "broker_user": BROKER_UID, "broker_group": BROKER_UID,
             "login_chroot": str(self.base / "empty"),
+            "pidfile": str(self.base / "popd.pid"),
             "auth": {"passwd_file": str(self.passwd_file)},
             "mail": {"mbox": str(self.spool / "%u"), "state_dir": str(self.base / "state"),
                      "first_valid_uid": FIRST_VALID_UID, "first_valid_gid": FIRST_VALID_UID},
@@ -94,6 +95,7 @@ class Daemon:
         self.config = self.base / "popd.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
         self.logfile = self.base / "popd.log"
+        self.pidfile = self.base / "popd.pid"
         self.proc = None
 
     def make_certificate(self):
@@ -128,8 +130,16 @@ class Daemon:
         return path
 
     # -- life cycle ------------------------------------------------------------
-    def start(self, wait=True):
+    def start(self, wait=True, foreground=True):
+        """foreground=False: popd without -f.  The launcher must exit 0
+        (the daemon is ready); self.proc then follows the detached
+        supervisor through the pid file."""
         self.log_fh = open(self.logfile, "ab")
+        if not foreground:
+            self.launcher = self.launch(stdout=self.log_fh, stderr=self.log_fh)
+            assert self.launcher.returncode == 0, self.log()
+            self.proc = Detached(int(self.pidfile.read_text()))
+            return self
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "popd", "-c", str(self.config), "-f"],
             stdin=subprocess.DEVNULL, stdout=self.log_fh, stderr=self.log_fh,
@@ -137,6 +147,13 @@ class Daemon:
         if wait:
             self.wait_for_log("ready:", timeout=30)
         return self
+
+    def launch(self, timeout=90, **kw):
+        """Run `popd` without -f and wait for the launcher (not the daemon):
+        with logging.target: stderr the daemon keeps the launcher's stderr,
+        so capture it with a pipe only when the daemon is bound to fail."""
+        return subprocess.run([sys.executable, "-m", "popd", "-c", str(self.config)],
+                              stdin=subprocess.DEVNULL, cwd=REPO, timeout=timeout, **kw)
 
     def wait_for_log(self, text, timeout=10.0, count=1):
         deadline = time.monotonic() + timeout
@@ -175,6 +192,8 @@ class Daemon:
                 pass
             self.log_fh.close()
             kill_descendants(self.proc.pid)
+            if isinstance(self.proc, Detached):     # not in a process group of ours
+                self.proc.send_signal(signal.SIGKILL)
             shutil.rmtree(self.base, ignore_errors=True)
 
     # -- processes ---------------------------------------------------------------
@@ -194,6 +213,37 @@ class Daemon:
                 return pids
             time.sleep(0.05)
         raise AssertionError(f"{count} x {role!r} expected; have {self.processes()}")
+
+
+class Detached:
+    """The part of Popen the tests use, for a detached supervisor: not our
+    child, so its exit status is unknown (returncode -1 once it is gone)."""
+
+    def __init__(self, pid):
+        self.pid, self.returncode = pid, None
+        self.started = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19]
+
+    def poll(self):
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+            gone = stat[0] == b"Z" or stat[19] != self.started      # zombie, or pid reused
+        except OSError:
+            gone = True
+        if gone and self.returncode is None:
+            self.returncode = -1
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout=None):
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.05)
+        return self.returncode
 
 
 def title(pid):

@@ -322,6 +322,7 @@ def test_setup_tree_serves_under_the_units_capabilities(scratch):
     cfg = yaml.safe_load((scratch / "etc/popd.yaml").read_text())
     cfg["listen"] = [{"address": "127.0.0.1", "port": d.port, "tls": "none"}]
     cfg["login_chroot"] = str(scratch / "run/popd/empty")
+    cfg["pidfile"] = str(scratch / "run/popd/popd.pid")
     cfg["auth"].update(passwd_file=str(scratch / "etc/popd/passwd"), plaintext="always")
     cfg["mail"].update(mbox=str(d.spool / "%u"), state_dir=str(scratch / "var/lib/popd"),
                        first_valid_uid=61000, first_valid_gid=61000)
@@ -399,11 +400,11 @@ def test_init_script_acts_by_pid_file_only(tmp_path):
         daemon.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
                           "from popd.cli import main\nsys.exit(main())\n")
         daemon.chmod(0o755)
-        pidfile = d.base / "popd.pid"
+        pidfile = d.pidfile                         # the config's pidfile: the same path
         script = INIT.read_text()
         for old, new in (("DAEMON=/usr/sbin/popd", f"DAEMON={daemon}"),
                          ("CONFIG=/etc/popd.yaml", f"CONFIG={d.config}"),
-                         ("PIDFILE=/run/popd.pid", f"PIDFILE={pidfile}"),
+                         ("PIDFILE=/run/popd/popd.pid", f"PIDFILE={pidfile}"),
                          ("LOGFILE=/var/log/popd.log", f"LOGFILE={d.logfile}")):
             assert old in script
             script = script.replace(old, new)
@@ -442,6 +443,19 @@ def test_init_script_acts_by_pid_file_only(tmp_path):
         assert action("stop") == 0                  # "not running"; pid 1 untouched
         assert action("reload") != 0
         assert not pidfile.exists()
+
+        # popd's exit status is the outcome of the start, even for what
+        # fails after it detached; its reason reaches the terminal.
+        with socket.socket() as taken:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            taken.bind(("127.0.0.1", d.port))
+            taken.listen()
+            failed = subprocess.run([str(init), "start"], capture_output=True, text=True,
+                                    stdin=subprocess.DEVNULL, timeout=60)
+        assert failed.returncode == 1
+        assert f"popd: cannot listen on 127.0.0.1:{d.port}: Address already in use" \
+            in failed.stderr.splitlines(), failed.stderr
+        assert not pidfile.exists() and action("status") == 3
     finally:
         if pidfile.exists() and pidfile.read_text().strip().isdigit():
             try:

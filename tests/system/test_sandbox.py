@@ -149,7 +149,10 @@ def test_supervisor_kills_a_front_that_ignores_its_deadline():
         s.settimeout(20)
         assert f.read() == b""                       # closed by the supervisor's kill
         assert time.monotonic() - started < 12
-        assert "login deadline passed" in d.log()
+        # Killed by the supervisor's backstop, or its child gave up at the
+        # same deadline (then the supervisor kills the front at once).
+        assert ("login deadline passed" in d.log()
+                or "no grant before the login deadline" in d.log())
         login(d).quit()                              # and the server goes on
 
 
