@@ -20,7 +20,7 @@ import pytest
 
 from popd import daemonize
 from tests import replies
-from tests.daemon import REPO, USERS, Daemon, descendants, kill_descendants, status, title
+from tests.daemon import REPO, USERS, Daemon, descendants, status, title
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 
@@ -144,8 +144,15 @@ def test_a_second_popd_says_already_running_and_leaves_the_first_alone(daemon):
 def test_a_stale_pidfile_is_replaced(daemon):
     d = daemon.start(foreground=False)
     old = d.proc.pid
-    kill_descendants(old)
+    # The supervisor first: killed children first, it would notice its
+    # broker's death and stop cleanly, removing the file.
+    children = descendants(old)
     os.kill(old, signal.SIGKILL)
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     wait_gone(old)
     assert d.pidfile.read_text() == f"{old}\n"       # left behind; its lock is gone
     d.log_fh.close()
