@@ -51,28 +51,33 @@ async def session(host, port, user, password, stat_expect, keep=False):
     w.close()
 
 
+# One account per concurrent client: a maildrop serves one session at a
+# time ([IN-USE] for a second), as it would for real users.
+BENCH_USERS = {f"bench{i}": (f"pw{i}", 61100 + i, 61100 + i) for i in range(64)}
+
+
 async def login_rate(d, seconds, concurrency):
-    password = USERS["alice"][0]
     expect = b"+OK 10 %d\r\n" % (10 * len(b"Subject: x\r\n\r\nhello\r\n"))
     count, latencies = 0, []
     stop = time.monotonic() + seconds
 
-    async def worker():
+    async def worker(user):
         nonlocal count
+        password = BENCH_USERS[user][0]
         while time.monotonic() < stop:
             t = time.monotonic()
-            await session(d.host, d.port, "alice", password, expect)
+            await session(d.host, d.port, user, password, expect)
             latencies.append(time.monotonic() - t)
             count += 1
     started = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(f"bench{i}") for i in range(concurrency)))
     return count, time.monotonic() - started, sorted(latencies)
 
 
 async def hold_sessions(d, n):
     expect = b"+OK 0 0\r\n"
-    return [await session(d.host, d.port, "bob", USERS["bob"][0], expect, keep=True)
-            for _ in range(n)]
+    return [await session(d.host, d.port, f"bench{i}", BENCH_USERS[f"bench{i}"][0], expect,
+                          keep=True) for i in range(n)]
 
 
 def main():
@@ -82,8 +87,9 @@ def main():
     ap.add_argument("--sessions", type=int, default=50)
     args = ap.parse_args()
     limits = {"max_children": 256, "spare_children": 16, "max_per_ip": 256}
-    with Daemon(limits=limits) as d:
-        d.write_mbox("alice", MBOX)
+    with Daemon(limits=limits, users={**USERS, **BENCH_USERS}) as d:
+        for user, (_, uid, _) in BENCH_USERS.items():
+            d.write_mbox(user, MBOX, uid=uid)
         d.wait_for_pids("child idle", 16, timeout=30)
         sup = d.proc.pid
         cpu0 = cpu_seconds(sup)
@@ -97,7 +103,8 @@ def main():
     # Memory: an idle server with spare_children=2, then with 2 + N idle
     # slots, then with N logged-in sessions (the spare count unchanged).
     n = args.sessions
-    with Daemon(limits={"max_children": n + 8, "spare_children": 2, "max_per_ip": n + 8}) as d:
+    with Daemon(limits={"max_children": n + 8, "spare_children": 2, "max_per_ip": n + 8},
+                users=BENCH_USERS) as d:
         d.wait_for_pids("child idle", 2)
         time.sleep(1)
         base = pss_kb(descendants(d.proc.pid) | {d.proc.pid})

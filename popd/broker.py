@@ -176,7 +176,9 @@ class Broker:
         lim = cfg.limits
         self.throttle = throttle.Throttle(lim.auth_failure_window, lim.auth_delay_min,
                                           lim.auth_delay_max)
-        self.queue = FairQueue(lim.auth_queue, max(1, lim.auth_queue // 8))
+        # A connection has at most one request in flight, so admission's
+        # per-address cap already bounds what one address can queue.
+        self.queue = FairQueue(lim.auth_queue, lim.max_per_ip)
         self.workers = {}                  # socket -> job id in progress (or None)
         self.jobs = {}                     # job id -> Job
         self.next_job = 1

@@ -276,8 +276,8 @@ KEYS = [
     Key("limits.auth_workers", integer(1, 32), 2,
         "Broker processes that hash passwords in parallel."),
     Key("limits.auth_queue", integer(8, 4096), 64,
-        "Logins waiting for a hashing worker, at most an eighth of them "
-        "from one address; beyond that [SYS/TEMP]."),
+        "Logins waiting for a hashing worker (at most max_per_ip from one "
+        "address); beyond that [SYS/TEMP]."),
     Key("limits.session_memory", integer(128, 65536), 1024,
         "Address-space cap (MiB) of a logged-in session's process; the "
         "interpreter alone maps about 100 MiB."),
