@@ -195,7 +195,12 @@ class Supervisor:
         del old_ctx
         tls.install(ctx)
         self.cfg = new
-        logsetup.setup(new.logging)
+        try:
+            logsetup.setup(new.logging)
+        except OSError as e:                   # syslog unreachable: say so on stderr
+            logsetup.setup(new.logging, handler=logsetup.logging.StreamHandler())
+            log.error("SIGHUP: cannot reach syslog at %s (%s); logging to stderr",
+                      new.logging.syslog_address, e.strerror)
         proctitle.configure(new.logging.verbose_proctitle)
         self.admission.max_children = new.limits.max_children
         self.admission.max_per_ip = new.limits.max_per_ip
