@@ -52,7 +52,6 @@ the fcntl lock, and block on the fcntl lock while holding the dot-lock.
 
 Every import is at the top: after the privilege drop imports may fail.
 """
-import ctypes
 import errno
 import fcntl
 import gc
@@ -337,31 +336,6 @@ _REP_READY = b"R"                        # once, after the drop was proved
 _HELPER_IO_TIMEOUT = 5.0
 _HELPER_EXIT_WAIT = 2.0
 
-_PR_SET_DUMPABLE = 4
-_PR_GET_DUMPABLE = 3
-_PR_CAPBSET_DROP = 24
-_PR_SET_NO_NEW_PRIVS = 38
-_PR_GET_NO_NEW_PRIVS = 39
-_PR_CAP_AMBIENT = 47
-_PR_CAP_AMBIENT_CLEAR_ALL = 4
-_CAP_SETPCAP = 8
-
-# Local prctl (popd.privileges keeps its own private): the helper needs
-# PR_CAPBSET_DROP only when started by root, and the same hardening as
-# privileges._harden.
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
-                        ctypes.c_ulong, ctypes.c_ulong]
-
-
-def _prctl(option, arg2=0, arg3=0):
-    result = _libc.prctl(option, arg2, arg3, 0, 0)
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
-    return result
-
-
 def _spool_problem(directory, uid, gid_mail):
     """Why the helper must not serve this directory, or None.  Every
     directory and symlink on the way, before and after resolving links,
@@ -610,30 +584,20 @@ def _close_all_but(keep):
 
 
 def _become(uid, gid):
+    """The helper's drop, through the same primitives as every popd role:
+    uid = the owner, gid = the dot-lock group, no capabilities, hardened,
+    proved by privileges.check() and by failing to get uid 0 back."""
     if os.geteuid() == 0:
-        for cap in range(privileges.CAP_LAST + 1):
-            _prctl(_PR_CAPBSET_DROP, cap)
+        privileges.drop_bounding(0)
     else:
         privileges.capset(privileges.SETID_CAPS, privileges.SETID_CAPS)
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     privileges.capset(0, 0)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
-    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
-    _prctl(_PR_SET_DUMPABLE, 0)
+    privileges.harden()
+    privileges.check(uid, gid, permitted=0, bounding=privileges.bounding_set())
     wrong = []
-    if os.getresuid() != (uid, uid, uid):
-        wrong.append("uids")
-    if os.getresgid() != (gid, gid, gid):
-        wrong.append("gids")
-    if os.getgroups():
-        wrong.append("groups")
-    if privileges.capget() != (0, 0, 0):
-        wrong.append("capabilities")
-    if _prctl(_PR_GET_NO_NEW_PRIVS) != 1 or _prctl(_PR_GET_DUMPABLE) != 0:
-        wrong.append("prctl")
     try:
         os.setresuid(0, 0, 0)
         wrong.append("uid 0 regained")

@@ -95,7 +95,7 @@ def die_with_parent(sig):
     _prctl(_PR_SET_PDEATHSIG, sig)
 
 
-def _harden():
+def harden():
     """Settings every dropped process shares: no core files (they would hold
     passwords or mail), no ambient capabilities, no privilege gain through
     exec, not dumpable (so same-uid processes cannot ptrace it)."""
@@ -103,6 +103,14 @@ def _harden():
     _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
     _prctl(_PR_SET_NO_NEW_PRIVS, 1)
     _prctl(_PR_SET_DUMPABLE, 0)
+
+
+def drop_bounding(keep):
+    """Remove every capability but `keep` from the bounding set (root only:
+    it needs CAP_SETPCAP)."""
+    for cap in range(CAP_LAST + 1):
+        if not keep & (1 << cap):
+            _prctl(_PR_CAPBSET_DROP, cap)
 
 
 def drop_to(uid, gid, keep=0):
@@ -113,16 +121,14 @@ def drop_to(uid, gid, keep=0):
         raise PrivilegeError("drop_to must start as root")
     if uid == 0 or gid == 0:
         raise PrivilegeError(f"refusing to drop to uid {uid} gid {gid}")
-    for cap in range(CAP_LAST + 1):            # needs CAP_SETPCAP: still root
-        if not keep & (1 << cap):
-            _prctl(_PR_CAPBSET_DROP, cap)
+    drop_bounding(keep)                        # needs CAP_SETPCAP: still root
     os.setgroups([])
     _prctl(_PR_SET_KEEPCAPS, 1 if keep else 0)
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     _prctl(_PR_SET_KEEPCAPS, 0)
     capset(0, keep)
-    _harden()
+    harden()
     check(uid, gid, permitted=keep, bounding=keep)
 
 
