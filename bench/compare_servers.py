@@ -185,22 +185,6 @@ class BenchDaemon(Daemon):
 
     key_type = "rsa"
 
-    def make_certificate(self):
-        import trustme
-        kt = trustme.KeyType.RSA if self.key_type == "rsa" else trustme.KeyType.ECDSA
-        self.ca = trustme.CA(key_type=kt)
-        cert = self.ca.issue_cert("localhost", "127.0.0.1", common_name="localhost",
-                                  key_type=kt)
-        self.ca_file = self.base / "ca.pem"
-        self.ca.cert_pem.write_to_path(str(self.ca_file))
-        cert_file, key_file = self.base / "cert.pem", self.base / "key.pem"
-        cert.private_key_pem.write_to_path(str(key_file))
-        os.chmod(key_file, 0o600)
-        with open(cert_file, "wb") as f:
-            for blob in cert.cert_chain_pems:
-                f.write(blob.bytes())
-        return {"cert": str(cert_file), "key": str(key_file)}
-
 
 class Popd:
     name = "popd"

@@ -41,6 +41,8 @@ def free_port(host="127.0.0.1"):
 class Daemon:
     """One popd instance; use as a context manager."""
 
+    key_type = "ecdsa"          # trustme's default; the benchmark uses RSA like its anchor
+
     def __init__(self, limits=None, users=USERS, extra=None, listen_host="127.0.0.1",
                  tls=False, plaintext=None, schemes=None):
         """tls=True: `port` is a STARTTLS listener and `tls_port` an implicit
@@ -102,8 +104,10 @@ class Daemon:
         """A throwaway CA and a server certificate (fetchmail wants the
         common name, and checks it as a DNS name: poll localhost)."""
         import trustme
-        self.ca = trustme.CA()
-        cert = self.ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
+        kind = {"rsa": trustme.KeyType.RSA, "ecdsa": trustme.KeyType.ECDSA}[self.key_type]
+        self.ca = trustme.CA(key_type=kind)
+        cert = self.ca.issue_cert("localhost", "127.0.0.1", common_name="localhost",
+                                  key_type=kind)
         self.ca_file = self.base / "ca.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_file))
         cert_file, key_file = self.base / "cert.pem", self.base / "key.pem"

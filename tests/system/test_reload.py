@@ -12,6 +12,7 @@ import pytest
 from tests import replies
 from tests.daemon import REPO, USERS, Daemon
 from tests.system.test_foundation import MBOX, connect_raw, login
+from tests.system.test_sandbox import in_child
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 
@@ -136,11 +137,4 @@ def test_another_uid_cannot_bind_the_port():
                 return 1
             except OSError:
                 return 0
-        pid = os.fork()
-        if pid == 0:
-            code = 2
-            try:
-                code = squat()
-            finally:
-                os._exit(code)
-        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert in_child(squat) == 0
