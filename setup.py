@@ -33,11 +33,7 @@ setup(
                  "hypothesis>=6.100", "trustme>=1.2,<2",
                  # 3.0.0 is the last atheris with cp311 wheels (3.1.0 has
                  # cp312+ only); tests/unit/test_fuzz_short.py skips without it.
-                 'atheris==3.0.0; python_version < "3.12"',
-                 "pyseccomp==0.1.2"],
-        # The fronts' seccomp filter (popd/seccomp.py): ctypes over the
-        # system's libseccomp.so.2; popd says at startup when it is missing.
-        "seccomp": ["pyseccomp==0.1.2"],
+                 'atheris==3.0.0; python_version < "3.12"'],
     },
     entry_points={
         "console_scripts": [

@@ -221,9 +221,10 @@ KEYS = [
         "Empty root-owned directory the fronts chroot into; created (0755) "
         "if missing.", False),
     Key("login_seccomp", choice("required", "optional", "off"), "optional",
-        "seccomp filter for fronts (needs pyseccomp: pip install "
-        "popd[seccomp]): required (refuse to start without it), optional "
-        "(use it when installed, else warn at startup), off.", False),
+        "seccomp filter for fronts (needs the system's libseccomp.so.2: "
+        "apt-get install libseccomp2): required (refuse to start without "
+        "it), optional (use it when available, else warn at startup), off.",
+        False),
     Key("pidfile", absolute_path, "/run/popd/popd.pid",
         "The supervisor's pid file, written in both modes and locked while "
         "it runs; its directory must be root's (created 0755 if missing).",

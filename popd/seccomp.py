@@ -1,9 +1,10 @@
 """The fronts' seccomp filter: the system calls a front may make, no more.
 
-Runs in: the front, applied right after privileges.sandbox_front() and
-privileges.limit_resources() (front.run), before the front reads a byte
-from a client.  The supervisor only asks, at startup, whether the filter
-can be had (startup_problem) and says so in one log line if not.
+Runs in: the supervisor, once at startup before any fork (startup_problem
+compiles the policy with libseccomp and keeps it as classic BPF bytes),
+and the front, which installs those bytes right after
+privileges.sandbox_front() and privileges.limit_resources() (front.run),
+before it reads a byte from a client.
 
 Why: every front runs as the same login_user, so without a filter a
 compromised front could signal every other front (kill(2) checks only
@@ -35,28 +36,23 @@ Policy:
 DENIED lists what matters most among the refused calls; every one of
 them is refused by the default, and the tests try them.
 
-pyseccomp (ctypes over the system's libseccomp.so.2) is optional:
-`pip install popd[seccomp]`.  It is imported here, at module level, so
-libseccomp is loaded in the supervisor before any fork and before any
-chroot; loading the filter reads no file.
+How: libseccomp (the system's libseccomp.so.2, through ctypes) turns the
+rules into BPF in the supervisor, once; the program does not depend on
+the configuration, so a reload keeps it.  Each front only hands the
+bytes to prctl(PR_SET_SECCOMP): no libseccomp call, no file, no
+compilation per login.  No Python binding (pyseccomp) either: importing
+one costs every forked process ~2 MB (importlib.metadata, email,
+ctypes.util and its subprocess), and its find_library runs ldconfig.
 """
+import ctypes
 import errno
 import mmap
+import os
 import socket
 
 from .logsetup import log
 
-INSTALL_PYSECCOMP = "install pyseccomp (pip install popd[seccomp])"
 INSTALL_LIBSECCOMP = "install libseccomp (Debian: apt-get install libseccomp2)"
-try:
-    import pyseccomp
-    _MISSING, _FIX = None, None
-except ImportError as e:
-    pyseccomp = None
-    _MISSING, _FIX = f"ImportError: {e}", INSTALL_PYSECCOMP
-except (OSError, RuntimeError) as e:    # pyseccomp is there, libseccomp.so.2 is not
-    pyseccomp = None
-    _MISSING, _FIX = f"{type(e).__name__}: {e}", INSTALL_LIBSECCOMP
 
 # linux/sockios.h and asm-generic/ioctls.h; prctl.h.
 FIONBIO = 0x5421
@@ -102,61 +98,165 @@ DENIED = [
     "init_module", "finit_module", "kexec_load", "reboot", "personality",
 ]
 
+# seccomp.h (libseccomp's): actions, the bad-architecture attribute and
+# the argument comparisons the rules use.
+ACT_ALLOW = 0x7FFF0000
+ACT_KILL_PROCESS = 0x80000000
+ACT_EPERM = 0x00050000 | errno.EPERM           # SCMP_ACT_ERRNO(EPERM)
+_FLTATR_ACT_BADARCH = 2
+_CMP_EQ, _CMP_MASKED_EQ = 4, 7
+# linux/prctl.h, linux/seccomp.h, linux/filter.h: installing the program.
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_BPF_INSN = 8                                  # sizeof(struct sock_filter)
+_BPF_MAXINSNS = 4096
+
+
+class _ArgCmp(ctypes.Structure):               # struct scmp_arg_cmp
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+
+class _SockFprog(ctypes.Structure):            # struct sock_fprog
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p,
+                        ctypes.c_ulong, ctypes.c_ulong]
+
+# The compiled filter (classic BPF), set by startup_problem() in the
+# supervisor before any fork, so every front inherits it; None when
+# login_seccomp is off or the filter could not be had.
+program = None
+
 
 class SeccompError(Exception):
     """The filter was required and could not be loaded."""
 
 
-def _rules(f):
-    allow = pyseccomp.ALLOW
-    for name in ALLOWED:
-        nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
-        if nr == -1:                    # unknown here (select on arm64)
-            continue
-        f.add_rule(allow, nr)
-    arg = pyseccomp.Arg
-    f.add_rule(allow, "ioctl", arg(1, pyseccomp.EQ, FIONBIO))
-    f.add_rule(allow, "socketpair", arg(0, pyseccomp.EQ, socket.AF_UNIX))
-    f.add_rule(allow, "setsockopt", arg(1, pyseccomp.EQ, socket.IPPROTO_TCP),
-               arg(2, pyseccomp.EQ, socket.TCP_NODELAY))
-    f.add_rule(allow, "prctl", arg(0, pyseccomp.EQ, PR_SET_NAME))
-    for name in ("mmap", "mprotect"):
-        f.add_rule(allow, name, arg(2, pyseccomp.MASKED_EQ, mmap.PROT_EXEC, 0))
+class Unavailable(Exception):
+    """The filter cannot be had on this system: (reason, fix)."""
+
+
+def _rules():
+    """(system call, argument conditions) for every allowed call, in the
+    order they are added (the same order gives the same program)."""
+    rules = [(name, ()) for name in ALLOWED]
+    no_exec = [(2, _CMP_MASKED_EQ, mmap.PROT_EXEC, 0)]
+    rules += [
+        ("ioctl", [(1, _CMP_EQ, FIONBIO, 0)]),
+        ("socketpair", [(0, _CMP_EQ, socket.AF_UNIX, 0)]),
+        ("setsockopt", [(1, _CMP_EQ, socket.IPPROTO_TCP, 0),
+                        (2, _CMP_EQ, socket.TCP_NODELAY, 0)]),
+        ("prctl", [(0, _CMP_EQ, PR_SET_NAME, 0)]),
+        ("mmap", no_exec),
+        ("mprotect", no_exec),
+    ]
+    return rules
+
+
+def _load_libseccomp():
+    """libseccomp.so.2 by its soname, as the dynamic linker finds it (no
+    ctypes.util.find_library: it runs ldconfig in a subprocess)."""
+    try:
+        lib = ctypes.CDLL("libseccomp.so.2")
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_release.argtypes = [ctypes.c_void_p]
+        lib.seccomp_release.restype = None
+        lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_rule_add_array.argtypes = [
+            ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+            ctypes.POINTER(_ArgCmp)]
+        lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    except (OSError, AttributeError) as e:     # missing, or not a libseccomp
+        raise Unavailable(f"cannot load libseccomp.so.2 ({e})", INSTALL_LIBSECCOMP) from None
+    return lib
+
+
+def _check(result, what):
+    """libseccomp returns -errno."""
+    if result < 0:
+        raise OSError(-result, f"{what}: {os.strerror(-result)}")
 
 
 def build():
-    """The filter, not loaded yet."""
-    f = pyseccomp.SyscallFilter(pyseccomp.ERRNO(errno.EPERM))
-    f.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
-    _rules(f)
-    return f
+    """Compile the policy with libseccomp for this machine's architecture;
+    returns the classic BPF program as bytes.  Supervisor only."""
+    lib = _load_libseccomp()
+    ctx = lib.seccomp_init(ACT_EPERM)
+    if not ctx:
+        raise OSError(errno.ENOMEM, "seccomp_init failed")
+    try:
+        _check(lib.seccomp_attr_set(ctx, _FLTATR_ACT_BADARCH, ACT_KILL_PROCESS),
+               "seccomp_attr_set(ACT_BADARCH)")
+        for name, conditions in _rules():
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr < 0 and not conditions:      # unknown here (select on arm64)
+                continue
+            args = (_ArgCmp * len(conditions))(*conditions)
+            _check(lib.seccomp_rule_add_array(ctx, ACT_ALLOW, nr, len(conditions), args),
+                   f"rule for {name}")
+        # libseccomp 2.5 exports only to an fd.  A memfd, not a pipe: a
+        # program larger than the pipe's buffer would block the write.
+        fd = os.memfd_create("popd-seccomp", os.MFD_CLOEXEC)
+        try:
+            _check(lib.seccomp_export_bpf(ctx, fd), "seccomp_export_bpf")
+            bpf = os.pread(fd, os.fstat(fd).st_size, 0)
+        finally:
+            os.close(fd)
+    finally:
+        lib.seccomp_release(ctx)
+    if not bpf or len(bpf) % _BPF_INSN or len(bpf) > _BPF_MAXINSNS * _BPF_INSN:
+        raise OSError(errno.EINVAL, f"seccomp_export_bpf wrote {len(bpf)} bytes")
+    return bpf
+
+
+def _kernel_problem():
+    """Why this kernel cannot take a filter, or None.  The probe Chromium's
+    sandbox uses: PR_SET_SECCOMP with a NULL program fails with EFAULT
+    when filters are supported (the kernel tried to read it), EINVAL when
+    not; nothing is installed either way."""
+    _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, None, 0, 0)
+    err = ctypes.get_errno()
+    if err == errno.EFAULT:
+        return None
+    if err == errno.EINVAL:
+        return "the kernel has no seccomp filter support"
+    return f"the kernel refuses seccomp filters ({os.strerror(err)})"
 
 
 def startup_problem(mode):
-    """For the supervisor: None if fronts will get the filter (or mode is
-    off), else the one line that says why not and how to fix it."""
+    """For the supervisor, at startup and before any fork: compile the
+    filter once and keep it in `program` for the fronts.  Returns None if
+    fronts will get it (or mode is off), else the one line that says why
+    not and how to fix it."""
+    global program
     if mode == "off":
         return None
-    if pyseccomp is None:
-        reason, fix = _MISSING, _FIX
-    elif not _kernel_supports_seccomp():
-        reason = "the kernel has no seccomp support"
-        fix = "use a kernel built with CONFIG_SECCOMP_FILTER"
-    else:
-        try:
-            build()                     # every rule resolves on this system
-            return None
-        except OSError as e:
-            reason, fix = f"libseccomp refused the filter: {e}", INSTALL_LIBSECCOMP
+    try:
+        kernel = _kernel_problem()
+        if kernel:
+            raise Unavailable(kernel, "use a kernel built with CONFIG_SECCOMP_FILTER")
+        program = build()
+        return None
+    except Unavailable as e:
+        reason, fix = e.args
+    except OSError as e:                       # a rule this libseccomp refuses
+        reason, fix = f"libseccomp refused the filter: {e}", INSTALL_LIBSECCOMP
     return f"seccomp filter for fronts unavailable: {reason}; {fix}"
 
 
-def _kernel_supports_seccomp():
-    try:
-        with open("/proc/self/status") as f:
-            return any(line.startswith("Seccomp:") for line in f)
-    except OSError:
-        return True                     # no /proc: let the load decide
+def install(bpf):
+    """Put the program on this process: the kernel copies it, nothing is
+    read from a file (the front is chrooted) and libseccomp is not called.
+    Needs no_new_privs (privileges.sandbox_front sets it) or root."""
+    fprog = _SockFprog(len(bpf) // _BPF_INSN, bpf)
+    if _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
 
 
 def confine_front(mode):
@@ -166,12 +266,12 @@ def confine_front(mode):
     on, as the supervisor announced), off.  Returns what happened."""
     if mode == "off":
         return "off"
-    if pyseccomp is None:
+    if program is None:
         if mode == "required":          # the supervisor refuses to start first
-            raise SeccompError(f"seccomp unavailable: {_MISSING}")
+            raise SeccompError("seccomp unavailable: no filter was built at startup")
         return "unavailable"
     try:
-        build().load()
+        install(program)
     except OSError as e:
         if mode == "required":
             raise SeccompError(f"cannot load the seccomp filter: {e}") from None
@@ -179,4 +279,3 @@ def confine_front(mode):
                     "without it (login_seccomp: optional)", e)
         return "failed"
     return "loaded"
-

@@ -1,6 +1,7 @@
 """The fronts' seccomp filter (popd/seccomp.py), on live fronts and on a
-process put through exactly a front's path (process.after_fork,
-privileges.sandbox_front, privileges.limit_resources, then
+process put through exactly a front's path (the program compiled once by
+seccomp.startup_problem as the supervisor does, then in a forked process
+process.after_fork, privileges.sandbox_front, privileges.limit_resources,
 seccomp.confine_front, as front.run calls them), which then attacks as a
 compromised front would."""
 import ctypes
@@ -22,9 +23,11 @@ from tests.daemon import LOGIN_UID, Daemon, status
 from tests.system.test_foundation import MBOX, login
 from tests.system.test_tls import USERS_TLS, Client
 
+# What the supervisor does at startup, before it forks anything.
+PROBLEM = seccomp.startup_problem("required")
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root"),
-    pytest.mark.skipif(seccomp.pyseccomp is None, reason="pyseccomp is not installed"),
+    pytest.mark.skipif(PROBLEM is not None, reason=str(PROBLEM)),
 ]
 
 libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -258,19 +261,23 @@ def test_login_seccomp_off_leaves_fronts_unfiltered():
         assert "seccomp filter for fronts unavailable" not in d.log()
 
 
-def test_startup_says_when_pyseccomp_is_missing(tmp_path, monkeypatch):
-    """Hide pyseccomp from the daemon's interpreter (PYTHONPATH shadows it
-    with a module that fails to import, as a missing one does)."""
-    shadow = tmp_path / "shadow"
-    shadow.mkdir()
-    (shadow / "pyseccomp.py").write_text(
-        'raise ImportError("No module named \'pyseccomp\'")\n')
-    monkeypatch.setenv("PYTHONPATH", str(shadow))
+def test_startup_says_when_libseccomp_cannot_be_loaded(tmp_path, monkeypatch):
+    """The daemon's own dynamic linker finds no usable libseccomp.so.2:
+    LD_LIBRARY_PATH puts an empty file of that name first, and dlopen()
+    stops at it ("file too short") as it stops at a missing library.  The
+    supervisor takes the same path as on a machine without libseccomp2."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "libseccomp.so.2").write_bytes(b"")
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(lib))
+    start = "seccomp filter for fronts unavailable: cannot load libseccomp.so.2 ("
+    fix = "); install libseccomp (Debian: apt-get install libseccomp2)"
     with Daemon() as d:
         d.write_mbox("alice", MBOX)
-        line = ("seccomp filter for fronts unavailable: ImportError: No module named "
-                "'pyseccomp'; install pyseccomp (pip install popd[seccomp])")
-        assert d.log().count(line) == 1, d.log()
+        lines = [l for l in d.log().splitlines() if "seccomp filter for fronts" in l]
+        assert len(lines) == 1 and start in lines[0] and lines[0].endswith(fix), d.log()
+        assert f"{lib}/libseccomp.so.2" in lines[0]
+        line = lines[0][lines[0].index(start):]
         assert {filter_state(p) for p in fronts(d, 2, ("0", "0"))} == {("0", "0")}
         client = login(d)                               # and popd serves without it
         client.quit()
