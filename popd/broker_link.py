@@ -9,7 +9,7 @@ import os
 import select
 import signal
 
-from . import broker, ipc, process
+from . import ipc, process
 from .ipc import Channel, Role
 
 START_TIMEOUT = 60.0
@@ -31,7 +31,7 @@ class BrokerLink:
         """Fork a broker and wait for BROKER_READY (it has loaded the
         passwd file as its own user by then)."""
         ours, theirs = ipc.socketpair()
-        pid = process.fork_role("auth broker", broker.run, cfg, theirs)
+        pid = process.fork_role("auth broker", _run_broker, cfg, theirs)
         theirs.close()
         link = cls(pid, os.pidfd_open(pid), ours)
         ready, _, _ = select.select([ours], [], [], START_TIMEOUT)
@@ -72,3 +72,13 @@ class BrokerLink:
             os.waitpid(self.pid, 0 if block else os.WNOHANG)
         except ChildProcessError:
             pass
+
+
+def _run_broker(cfg, sock):
+    """In the new broker process, still root.  Only the broker needs
+    passlib and the hashing backends (several MB of modules): importing
+    them here, not at the supervisor's start, keeps them out of the
+    supervisor's image, which every pool slot is forked from and pays for
+    at each fork and exit."""
+    from . import broker
+    broker.run(cfg, sock)

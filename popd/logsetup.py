@@ -32,7 +32,10 @@ def setup(logging_cfg, handler=None):
             handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_FORMAT))
     log.addHandler(handler)
-    log.setLevel(_LEVELS[logging_cfg.level])
+    if log.level != _LEVELS[logging_cfg.level]:
+        # setLevel clears every logger's cache: skipped when nothing
+        # changes, as in each forked process.
+        log.setLevel(_LEVELS[logging_cfg.level])
     log.propagate = False
     return handler
 

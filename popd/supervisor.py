@@ -54,6 +54,7 @@ class Supervisor:
         self.retired = []                   # brokers still serving old slots
         self.service_uids, self.service_gids = service_ids(cfg)
         self.draining = {}                  # slot id -> when its front is killed
+        self.spawn_due = None               # when missing spare slots are forked
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -127,8 +128,11 @@ class Supervisor:
 
     def next_timeout(self):
         waits = [1.0]
-        if self.pool.next_spawn > time.monotonic():
-            waits.append(self.pool.next_spawn - time.monotonic())
+        now = time.monotonic()
+        if self.pool.next_spawn > now:
+            waits.append(self.pool.next_spawn - now)
+        if self.spawn_due is not None:
+            waits.append(self.spawn_due - now)
         return max(0.01, min(waits))
 
     def on_wakeup(self, _):
@@ -273,7 +277,22 @@ class Supervisor:
         ready = self.pool.count(SlotState.STARTING, SlotState.IDLE)
         wanted = limits_.spare_children + len(self.pending) - ready
         room = limits_.max_children - len(self.pool.slots)
-        for _ in range(max(0, min(wanted, room, limits.SPAWN_BURST))):
+        if wanted <= 0 or room <= 0:
+            self.spawn_due = None
+            return
+        # Every fork makes the supervisor's whole heap copy-on-write again,
+        # and its loop then copies each page it touches: forking one slot
+        # per login paid that at every login.  So replacements are forked
+        # together, once SPAWN_BATCH_DELAY has passed or a batch's worth is
+        # missing -- but at once when a client waits for a slot or fewer
+        # than half the spare slots are left.
+        if not self.pending and 2 * ready >= limits_.spare_children:
+            if self.spawn_due is None:
+                self.spawn_due = now + limits.SPAWN_BATCH_DELAY
+            if now < self.spawn_due and wanted < limits.SPAWN_BURST:
+                return
+        self.spawn_due = None
+        for _ in range(min(wanted, room, limits.SPAWN_BURST)):
             self.spawn_slot()
 
     def spawn_slot(self):
@@ -535,8 +554,10 @@ def serve(cfg, on_ready=None, on_stopping=None):
     warning = trusted_files.suid_dumpable_warning()
     if warning:
         log.warning("%s", warning)
-    # The fronts' seccomp filter (popd/seccomp.py) needs pyseccomp, an
-    # optional dependency: said once here, fatal only if required.
+    # The fronts' seccomp filter (popd/seccomp.py) is compiled here, once,
+    # before anything is forked; fronts only install it.  Without
+    # libseccomp.so.2 or kernel support: said once here, fatal only if
+    # required.
     problem = seccomp.startup_problem(cfg.login_seccomp)
     if problem and cfg.login_seccomp == "required":
         raise StartupError(problem)
