@@ -219,38 +219,64 @@ def test_verify_right_and_wrong(verifier, entries, login):
 
 
 class Spy:
-    """Records what reaches the CryptContext (it is still the real one)."""
+    """Records which backend verifies what (the real ones still answer)."""
 
     def __init__(self, ctx):
         self.ctx, self.calls = ctx, []
 
-    def verify(self, secret, stored):
-        self.calls.append((secret, stored))
+    def verify(self, secret, stored):          # stands in for the CryptContext
+        self.calls.append(("libpass", secret, stored))
         return self.ctx.verify(secret, stored)
+
+    def libcrypt_verify(self, secret, stored, real=passwd.libcrypt.verify):
+        self.calls.append(("libcrypt", secret, stored))
+        return real(secret, stored)
 
 
 @pytest.fixture
 def spy(verifier, monkeypatch):
     spy = Spy(verifier._ctx)
     monkeypatch.setattr(verifier, "_ctx", spy)
+    monkeypatch.setattr(passwd.libcrypt, "verify", spy.libcrypt_verify)
     return spy
 
 
 def test_unknown_user_costs_one_dummy_verify(verifier, spy):
     assert verifier.verify(None, b"test123") is False
-    [(secret, stored)] = spy.calls
+    [(backend, secret, stored)] = spy.calls
     assert secret == b"test123"
     # The dummy copies the file's SHA512-CRYPT cost (Dovecot's implicit 5000
-    # rounds), so unknown users cost what known ones do.
+    # rounds) and takes the same C path, so unknown users cost what known
+    # ones do.
+    assert backend == "libcrypt"
     assert stored.startswith("$6$") and "rounds=" not in stored
     assert stored != passwd._verify_form(DOVECOT_SHA512, "SHA512-CRYPT")
+    spy.calls.clear()
+    assert verifier.verify(verifier.dummy_entry(), b"test123") is False
+    # Past libxcrypt's 511 bytes, libpass; for a known user too (below).
+    assert verifier.verify(None, b"x" * 600) is False
+    assert [c[0] for c in spy.calls] == ["libcrypt", "libpass"]
 
 
+def test_wrong_password_takes_the_dummys_path(verifier, entries, spy):
+    assert verifier.verify(entries["sha512"], b"wrong") is False
+    assert verifier.verify(entries["sha512"], b"x" * 600) is False
+    assert [c[0] for c in spy.calls] == ["libcrypt", "libpass"]
+
+
+@pytest.mark.parametrize("login", ["blf", "sha512"])
 @pytest.mark.parametrize("secret", [b"\xfftest", b"te\0st", b"\xc3"])
-def test_unusable_secret_still_costs_a_verify(verifier, entries, spy, secret):
-    assert verifier.verify(entries["blf"], secret) is False
-    [(sent, stored)] = spy.calls
-    assert stored.startswith("$2y$05$") and stored not in DOVECOT_BLF
+def test_unusable_secret_still_costs_a_verify(verifier, entries, spy, login,
+                                              secret):
+    scheme = passwd.scheme_of(entries[login].password)
+    assert verifier.verify(entries[login], secret) is False
+    [(backend, sent, stored)] = spy.calls
+    assert (backend, stored) == (passwd.backend(scheme),
+                                 verifier._dummies[scheme])
+    # The dummy copies the cost of the file's hashes.
+    assert stored.startswith({"blf": "$2y$05$", "sha512": "$6$"}[login])
+    assert "rounds=" not in stored and stored not in DOVECOT_BLF
+    # Nothing with a NUL reaches crypt: ctypes would cut the string there.
     assert b"\0" not in sent and len(sent) == len(secret)
 
 
