@@ -1,4 +1,7 @@
-"""UID assignment: identical messages, deletions, hostile state files."""
+"""UID assignment: identical messages, deletions, hostile state files; the
+fast base-id path against the line-by-line definition."""
+import base64
+import hashlib
 import os
 
 from hypothesis import given, settings
@@ -7,6 +10,94 @@ from hypothesis import strategies as st
 from popd import mbox, uidl
 
 B1, B2 = "a" * 24, "b" * 24
+
+
+def ref_base_id(head):
+    """The definition (the original code): blake2b-120 over every line of
+    the head with its trailing CRs dropped plus LF, status headers and
+    their continuation lines left out; base32, lower case."""
+    h = hashlib.blake2b(digest_size=15)
+    skipping = False
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                h.update(line.rstrip(b"\r") + b"\n")
+            continue
+        skipping = line.lower().startswith(uidl.STATUS_HEADERS)
+        if not skipping:
+            h.update(line.rstrip(b"\r") + b"\n")
+    return base64.b32encode(h.digest()).decode("ascii").lower()
+
+
+def ref_header_block(data, offset, start, end):
+    """From line and headers, found by growing reads as the original did
+    (4 KiB, then 16, then 64: HEAD_MAX)."""
+    size = 4096
+    while True:
+        chunk = data[offset:offset + min(size, uidl.HEAD_MAX, end - offset)]
+        body_from = start - offset
+        at = body_from - 1 if body_from else 0
+        found = [i for i in (chunk.find(b"\n\n", at), chunk.find(b"\n\r\n", at)) if i >= 0]
+        if found or len(chunk) >= end - offset or size >= uidl.HEAD_MAX:
+            return chunk[:min(found) + 1] if found else chunk
+        size *= 4
+
+
+HEAD_LINE = st.one_of(
+    st.sampled_from([b"Subject: s", b"status: RO", b"Status: O", b"X-Status: A", b"X-UID: 3",
+                     b"x-imapbase: 1 2", b"X-IMAP: 1", b"X-Keywords: $x", b"X-Mailer: m",
+                     b" cont", b"\tcont", b"", b"\r", b"Received: x\r\r", b"\xe9 8-bit"]),
+    st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(HEAD_LINE, st.sampled_from([b"\n", b"\r\n"])), max_size=10),
+       st.sampled_from([b"", b"\r", b"tail", b"Status: x"]))
+def test_fast_base_id_is_the_definition(lines, tail):
+    head = b"From x@y Thu Nov 26 10:00:00 2026\n" + b"".join(a + b for a, b in lines) + tail
+    assert uidl.base_id(head) == ref_base_id(head)
+    first = lines[0][0] if lines else tail             # heads that are not From lines too
+    assert uidl.base_id(first) == ref_base_id(first)
+
+
+def test_ids_did_not_change():
+    # Clients remember ids: these are the values popd has always given.
+    head = b"From x@y Thu Nov 26 10:00:00 2026\nFrom: a\nSubject: s\n"
+    crlf = (b"From x@y Thu Nov 26 10:00:00 2026\r\nFrom: a\r\nStatus: RO\r\n"
+            b"X-Keywords: $x\r\n continued\r\nSubject: s\r\r\n")
+    assert uidl.base_id(head) == uidl.base_id(crlf) == "midlhchig4l4edds26rbxkdp"
+
+
+BODY_LINE = st.sampled_from([b"", b"\r", b"x", b"From: inside", b"Subject: y", b"." * 3,
+                             b"L" * 3000])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.lists(HEAD_LINE, max_size=6), st.booleans(),
+                          st.lists(BODY_LINE, max_size=6),
+                          st.sampled_from([b"\n", b"\r\n"])), max_size=8),
+       st.sampled_from([64, 700, 1 << 20]), st.sampled_from([40, 300, 64 * 1024]))
+def test_compute_bases_matches_header_block_definition(tmp_path_factory, messages, run,
+                                                       head_max):
+    data = b"".join(b"From s@x Thu Nov 26 10:00:00 2026" + eol + eol.join(heads)
+                    + ((eol + eol) if blank else eol) + eol.join(body) + b"\n\n"
+                    for heads, blank, body, eol in messages)
+    path = tmp_path_factory.mktemp("b") / "m"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    index = mbox.scan(fd)
+    saved = uidl.RUN, uidl.HEAD_MAX
+    uidl.RUN, uidl.HEAD_MAX = run, head_max            # small reads: every re-read path
+    try:
+        want = [ref_base_id(ref_header_block(data, index.offset(n), index.start(n),
+                                             index.end(n))) for n in range(len(index))]
+        assert uidl.compute_bases(fd, index) == want
+        assert [uidl.base_id(uidl.header_block(fd, index, n)) for n in range(len(index))] == want
+        for first in range(len(index) + 1):
+            assert uidl.compute_bases(fd, index, first) == want[first:]
+    finally:
+        uidl.RUN, uidl.HEAD_MAX = saved
+        os.close(fd)
 
 
 def test_status_headers_do_not_change_the_base():
