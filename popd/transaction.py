@@ -149,5 +149,9 @@ class ChildSession(Session):
             self.err(e.text, code=e.code)
             raise Closing("update failed") from None
         self.removed = len(self.deleted)
+        # Locks go before the +OK (RFC 1939: release, then respond): a
+        # client that reconnects as soon as it reads the answer must not
+        # find its own finished session still holding the maildrop.
+        self.drop.close()
         self.ok(f"Bye, {self.removed} message(s) deleted")
         raise Closing("quit")

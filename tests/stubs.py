@@ -220,7 +220,10 @@ class StubMaildrop:
         self.updated = set(deleted)
 
     def close(self):
-        os.close(self.fd)
+        # Like Maildrop.close(): QUIT closes before its +OK, the child again.
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def serve_child(chunks, leftover=b"", drop=None, send_limit=None, max_bad_commands=10):

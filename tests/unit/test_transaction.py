@@ -80,3 +80,24 @@ def test_stat_list_uidl_after_dele():
     assert sends[2] == b"+OK 2 messages\r\n1 %d\r\n3 %d\r\n.\r\n" % (octets[0], octets[2])
     assert sends[3] == (b"+OK Unique-ID listing follows\r\n1 %s\r\n3 %s\r\n.\r\n"
                         % (ids[0].encode(), ids[2].encode()))
+
+
+def test_quit_releases_the_maildrop_before_its_answer():
+    """RFC 1939: the locks go before +OK, so a client that logs in again the
+    moment it reads the answer never finds its own session holding them."""
+    sock = CountingSocket([b"DELE 1\r\nQUIT\r\n"])
+
+    class Recording(stubs.StubMaildrop):
+        closed_after = None
+
+        def close(self):
+            if self.closed_after is None:
+                self.closed_after = b"".join(sock.sends)
+            super().close()
+
+    drop = Recording()
+    session = ChildSession(sock, stubs.config(10), drop, b"")
+    session.serve()
+    assert drop.updated == {0}
+    assert b"+OK Bye" not in drop.closed_after
+    assert b"+OK Bye" in b"".join(sock.sends)
