@@ -42,6 +42,7 @@ class Channel(enum.Enum):
     BROKER_CHILD = "broker-child"
     CHILD_FRONT = "child-front"
     BROKER_WORKER = "broker-worker"
+    SUPERVISOR_SPAWNER = "supervisor-spawner"
 
 
 class Role(enum.Enum):
@@ -50,6 +51,7 @@ class Role(enum.Enum):
     CHILD = "child"
     FRONT = "front"
     WORKER = "worker"
+    SPAWNER = "spawner"
 
 
 class Violation(Exception):
@@ -92,6 +94,12 @@ MESSAGES = [
           ("tls", STR(16))), fds=1),
     Spec("STATE_DIR_READY", 4, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
          (("uid", U32),)),
+    # supervisor <-> spawner: fork a slot whose child gets these channel
+    # ends (supervisor, front-broker, child-broker); the answer carries the
+    # child's pidfd.
+    Spec("SPAWN", 26, _C.SUPERVISOR_SPAWNER, _R.SUPERVISOR, (("slot", U32),), fds=3),
+    Spec("SPAWNED", 27, _C.SUPERVISOR_SPAWNER, _R.SPAWNER,
+         (("slot", U32), ("pid", U32)), fds=1),
     # supervisor <-> broker: channel registration, grants for the state dir
     Spec("CHANNELS_NEW", 6, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
          (("slot", U32),), fds=2),

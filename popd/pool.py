@@ -89,12 +89,16 @@ class Pool:
         """The child is gone; a slot that never served anyone counts as a
         crash and slows further spawning (doubling up to a cap)."""
         if slot.state in (SlotState.STARTING, SlotState.IDLE):
-            self.backoff = min(max(self.backoff * 2, limits.SPAWN_BACKOFF_MIN),
-                               limits.SPAWN_BACKOFF_MAX)
-            self.next_spawn = time.monotonic() + self.backoff
+            self.back_off()
         elif slot.state is SlotState.BUSY:
             self.backoff = 0.0                   # slots serve clients: healthy
         slot.state = SlotState.EXITED
+
+    def back_off(self):
+        """Slow further spawning: doubling, up to a cap."""
+        self.backoff = min(max(self.backoff * 2, limits.SPAWN_BACKOFF_MIN),
+                           limits.SPAWN_BACKOFF_MAX)
+        self.next_spawn = time.monotonic() + self.backoff
 
     def remove(self, slot):
         self.slots.pop(slot.id, None)

@@ -6,6 +6,7 @@ user name and client address appear only with logging.verbose_proctitle.
 import setproctitle
 
 SUPERVISOR = "supervisor"
+SPAWNER = "spawner"
 BROKER = "auth-broker"
 BROKER_WORKER = "auth-worker"
 CHILD_IDLE = "child idle"

@@ -1,4 +1,4 @@
-"""The supervisor: the root loop.  Binds, admits, forks, reaps, stops.
+"""The supervisor: the root loop.  Binds, admits, spawns, reaps, stops.
 
 Runs in: the supervisor (uid 0), the only process that keeps privileges.
 
@@ -9,7 +9,8 @@ wakeup fd only wakes the loop and its bytes are never interpreted (after
 a fork any process could write to it).  Processes are followed through
 pidfds, so a slot counts as taken until its child AND its front are gone;
 fronts orphaned by their child are re-parented here (child subreaper) and
-reaped by the same waitpid loop.
+reaped by the same waitpid loop.  Slots are forked by the spawner
+(spawner.py says why), on request, one SPAWN frame per slot.
 """
 import collections
 import gc
@@ -19,13 +20,14 @@ import selectors
 import signal
 import time
 
-from . import (admission, child, config, ipc, limits, listeners, logsetup,
+from . import (admission, config, ipc, limits, listeners, logsetup,
                privileges, proctitle, seccomp, tls, trusted_files)
 from .broker_link import BrokerLink, BrokerStartError
 from .config import service_ids
 from .ipc import Channel, Role
 from .logsetup import log
 from .pool import Pool, Slot, SlotState
+from .spawner import SpawnerError, SpawnerLink
 
 SLOT_START_TIMEOUT = 30.0
 
@@ -54,7 +56,7 @@ class Supervisor:
         self.retired = []                   # brokers still serving old slots
         self.service_uids, self.service_gids = service_ids(cfg)
         self.draining = {}                  # slot id -> when its front is killed
-        self.spawn_due = None               # when missing spare slots are forked
+        self.spawner = None                 # SpawnerLink: forks the slots
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -68,6 +70,7 @@ class Supervisor:
         # copying) those pages in the children.
         gc.collect()
         gc.freeze()
+        self.spawner = SpawnerLink.start(self.cfg)
         for listen, sock in self.sockets:
             self.sel.register(sock, selectors.EVENT_READ, (self.on_accept, listen))
         if self.cfg.mail.dotlock_group is None:
@@ -122,17 +125,25 @@ class Supervisor:
                 callback(arg)
             self.handle_signals()
             self.enforce_deadlines()
+            # Slots the spawner had not reaped when it exited (a reload, a
+            # crash) are re-parented here as zombies, with no pidfd event
+            # left to wake a reap: collect them every turn.
+            self.reap()
+        self.spawner.wait()
         self.stop_brokers()
+        # A front forked moments before the stop (its slot still starting)
+        # is not followed by a pidfd yet; it was killed with its child and
+        # comes here as an orphan.  Nothing popd started outlives it.
+        deadline = time.monotonic() + limits.FRONT_KILL_GRACE
+        while not self.reap() and time.monotonic() < deadline:
+            time.sleep(0.02)
         log.info("stopped")
         return 0
 
     def next_timeout(self):
         waits = [1.0]
-        now = time.monotonic()
-        if self.pool.next_spawn > now:
-            waits.append(self.pool.next_spawn - now)
-        if self.spawn_due is not None:
-            waits.append(self.spawn_due - now)
+        if self.pool.next_spawn > time.monotonic():
+            waits.append(self.pool.next_spawn - time.monotonic())
         return max(0.01, min(waits))
 
     def on_wakeup(self, _):
@@ -210,6 +221,12 @@ class Supervisor:
         self.admission.max_per_ip = new.limits.max_per_ip
         self.retire(self.broker)
         self.broker = link
+        # The spawner holds the old configuration and TLS context; slots
+        # are forked by a new one from now on.
+        self.spawner.stop()
+        gc.collect()
+        gc.freeze()
+        self.spawner = SpawnerLink.start(new)
         # Idle slots hold the old configuration and the old broker's
         # channels: replace them.  Busy ones finish as they are.
         for slot in list(self.pool.slots.values()):
@@ -277,23 +294,9 @@ class Supervisor:
         ready = self.pool.count(SlotState.STARTING, SlotState.IDLE)
         wanted = limits_.spare_children + len(self.pending) - ready
         room = limits_.max_children - len(self.pool.slots)
-        if wanted <= 0 or room <= 0:
-            self.spawn_due = None
-            return
-        # Every fork makes the supervisor's whole heap copy-on-write again,
-        # and its loop then copies each page it touches: forking one slot
-        # per login paid that at every login.  So replacements are forked
-        # together, once SPAWN_BATCH_DELAY has passed or a batch's worth is
-        # missing -- but at once when a client waits for a slot or fewer
-        # than half the spare slots are left.
-        if not self.pending and 2 * ready >= limits_.spare_children:
-            if self.spawn_due is None:
-                self.spawn_due = now + limits.SPAWN_BATCH_DELAY
-            if now < self.spawn_due and wanted < limits.SPAWN_BURST:
+        for _ in range(max(0, min(wanted, room, limits.SPAWN_BURST))):
+            if not self.spawn_slot():
                 return
-        self.spawn_due = None
-        for _ in range(min(wanted, room, limits.SPAWN_BURST)):
-            self.spawn_slot()
 
     def spawn_slot(self):
         sid = self.pool.new_id()
@@ -306,17 +309,27 @@ class Supervisor:
         finally:
             front_broker_b.close()
             child_broker_b.close()
-        pid = os.fork()
-        if pid == 0:
+        try:
+            pid, pidfd = self.spawner.spawn(sid, (child_end, front_broker_f,
+                                                  child_broker_c))
+        except SpawnerError as e:
+            # The broker sees the slot's channels close and forgets them.
             sup_end.close()
-            child.run(self.cfg, sid, child_end, front_broker_f, child_broker_c)
-        for s in (child_end, front_broker_f, child_broker_c):
-            s.close()
-        slot = Slot(sid, pid, os.pidfd_open(pid), sup_end, broker=self.broker)
+            self.pool.back_off()
+            log.error("spawner failed (%s); starting a new one, next spawn in "
+                      "%.1f s", e, self.pool.backoff)
+            self.spawner.stop()
+            self.spawner = SpawnerLink.start(self.cfg)
+            return False
+        finally:
+            for end in (child_end, front_broker_f, child_broker_c):
+                end.close()
+        slot = Slot(sid, pid, pidfd, sup_end, broker=self.broker)
         self.broker.slots += 1
         self.pool.add(slot)
         self.sel.register(sup_end, selectors.EVENT_READ, (self.on_slot, slot))
         self.sel.register(slot.pidfd, selectors.EVENT_READ, (self.on_child_exit, slot))
+        return True
 
     def on_slot(self, slot):
         try:
@@ -408,14 +421,15 @@ class Supervisor:
         send_signal(slot.front_pidfd, signal.SIGKILL)
 
     def reap(self):
-        """Collect every exited process: children, orphaned fronts, broker."""
+        """Collect every exited process: children, orphaned fronts, broker.
+        True once no child process is left at all."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return True
             if pid == 0:
-                return
+                return False
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) != signal.SIGKILL:
                 log.warning("process %d died of signal %d", pid, os.WTERMSIG(status))
 

@@ -209,6 +209,18 @@ class Daemon:
     def pids(self, role):
         return sorted(pid for pid, t in self.processes().items() if t.startswith(f"popd: {role}"))
 
+    def spawners(self):
+        """The spawner(s): children of the supervisor titled spawner (a slot
+        the spawner has just forked carries its title for a moment)."""
+        found = []
+        for pid in self.pids("spawner"):
+            try:
+                if status(pid).get("PPid") == str(self.proc.pid):
+                    found.append(pid)
+            except FileNotFoundError:
+                pass
+        return found
+
     def wait_for_pids(self, role, count, timeout=10.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

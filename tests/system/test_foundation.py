@@ -204,8 +204,15 @@ def test_process_table_before_login(popd):
         assert caps(st) == (NO_CAPS, NO_CAPS, NO_CAPS)
         assert st["NoNewPrivs"] == "1"
 
+    # The spawner: root like the supervisor (its children chroot and
+    # drop), the parent of every slot's child.
+    (spawner,) = popd.spawners()
+    assert status(spawner)["Uid"].split()[0] == "0"
+    assert status(spawner)["PPid"] == str(sup)
+
     for child in popd.pids("child idle"):
         st = status(child)
+        assert st["PPid"] == str(spawner)
         assert st["Uid"].split() == [str(POPD_UID)] * 4
         assert st["Groups"] == ""
         assert caps(st) == (SETID_CAPS, NO_CAPS, SETID_CAPS)
@@ -234,6 +241,11 @@ def test_fd_lists_of_every_role(popd):
     kinds = socket_kinds(broker)
     assert kinds.pop("unix") == 1 + 2 * 2 + 2
     assert set(kinds) <= {"/dev/null", "eventpoll", str(popd.logfile)}, kinds
+    # Spawner: its channel to the supervisor; no listener, no slot's channel.
+    (spawner,) = popd.spawners()
+    kinds = socket_kinds(spawner)
+    assert kinds.pop("unix") == 1
+    assert set(kinds) <= {"/dev/null", str(popd.logfile)}, kinds
     for worker in popd.pids("auth-worker"):
         kinds = socket_kinds(worker)
         assert kinds.pop("unix") == 1          # its broker, nothing else
@@ -342,18 +354,39 @@ def test_killed_slot_is_replaced(popd):
     login(popd).quit()
 
 
+def test_killed_spawner_is_replaced(popd):
+    """The supervisor notices at the next fork, starts a new spawner and
+    backs off; slots come back and logins work."""
+    idle = popd.wait_for_pids("child idle", 2)
+    (spawner,) = popd.spawners()
+    os.kill(spawner, signal.SIGKILL)
+    os.kill(idle[0], signal.SIGKILL)               # so a slot is needed
+    popd.wait_for_log("spawner failed")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = popd.spawners()
+        if len(now) == 1 and now != [spawner] and len(popd.pids("child idle")) == 2:
+            break
+        time.sleep(0.05)
+    assert len(now) == 1 and now != [spawner]
+    assert len(popd.pids("child idle")) == 2
+    login(popd).quit()
+
+
 def test_term_stops_everything(popd):
     client = login(popd)
     client.stat()
     pids = descendants(popd.proc.pid)
+    titles = {p: open(f"/proc/{p}/cmdline").read() for p in pids}
     assert pids
     popd.proc.send_signal(signal.SIGTERM)
     client.quit()                                # the session may finish
     assert popd.proc.wait(15) == 0, popd.log()
     time.sleep(0.2)
-    alive = [p for p in pids if os.path.exists(f"/proc/{p}") and
+    alive = [(p, titles[p], open(f"/proc/{p}/stat").read()) for p in pids
+             if os.path.exists(f"/proc/{p}") and
              open(f"/proc/{p}/stat").read().split()[2] != "Z"]
-    assert alive == []
+    assert alive == [], repr(alive)
 
 
 def test_term_kills_sessions_after_the_grace():

@@ -39,10 +39,17 @@ def test_hup_applies_new_settings_to_new_slots_and_keeps_sessions():
         d.write_mbox("alice", MBOX)
         session = login(d)
         assert not any(l.startswith(b"IMPLEMENTATION") for l in capa(d))
+        (spawner,) = d.spawners()
         d.config.write_text(d.config.read_text() + "implementation: popd-test\n")
         hup(d, "SIGHUP: configuration reloaded")
         time.sleep(0.5)
         assert b"IMPLEMENTATION popd-test" in capa(d)
+        # New slots come from a new spawner (it holds the new configuration
+        # and certificate); the old one is gone.
+        now = d.spawners()
+        assert len(now) == 1 and now != [spawner]
+        assert not os.path.exists(f"/proc/{spawner}") or \
+            open(f"/proc/{spawner}/stat").read().split()[2] == "Z"
         assert session.stat()[0] == 2                  # the session went on
         session.quit()
         login(d).quit()
