@@ -38,6 +38,9 @@ SPAWN_BACKOFF_MAX = 10.0
 # cannot make the supervisor spend a long stretch forking instead of
 # admitting clients.
 SPAWN_BURST = 8
+# Missing spare slots are forked together, at most this long after the
+# first goes missing (supervisor.spawn_slots says why).
+SPAWN_BATCH_DELAY = 0.05
 
 # Grace after the login deadline before the supervisor SIGKILLs a front that
 # did not end its own connection: the front enforces the deadline itself;

@@ -50,29 +50,50 @@ def run(cfg, sock):
     process.after_fork(keep={sock.fileno()})
     logsetup.setup(cfg.logging)
     proctitle.set_title(proctitle.SPAWNER)
+    sock.setblocking(False)
     while True:
         ready, _, _ = select.select([sock], [], [], REAP_INTERVAL)
         _reap()
         if not ready:
             continue
         try:
-            msg = ipc.recv(sock, Channel.SUPERVISOR_SPAWNER, Role.SPAWNER)
-        except ipc.Closed:
+            requests = _read_requests(sock)
+        except (ipc.Closed, ipc.Violation) as e:
+            if isinstance(e, ipc.Violation):
+                log.error("spawner: %s; exiting", e)
             return _reap()
-        except ipc.Violation as e:
-            log.error("spawner: %s; exiting", e)
-            return _reap()
-        ends = [socket.socket(fileno=fd) for fd in msg.fds]
-        pid = os.fork()
-        if pid == 0:
-            child.run(cfg, msg.slot, *ends)        # never returns
-        for end in ends:
-            end.close()
-        pidfd = os.pidfd_open(pid)
+        # Fork the whole batch back to back: the pages this loop writes
+        # between two forks are copied once per batch, not once per slot.
+        pids = []
+        for slot, fds in requests:
+            pid = os.fork()
+            if pid == 0:
+                child.run(cfg, slot, *(socket.socket(fileno=fd) for fd in fds))
+            for fd in fds:
+                os.close(fd)
+            pids.append(pid)
+        for (slot, _), pid in zip(requests, pids):
+            # Opened before _reap() can run: the pid is still this child.
+            pidfd = os.pidfd_open(pid)
+            try:
+                ipc.send(sock, "SPAWNED", slot=slot, pid=pid, fds=[pidfd])
+            finally:
+                os.close(pidfd)
+
+
+def _read_requests(sock):
+    """Every SPAWN already queued, as (slot, fds)."""
+    requests = []
+    while True:
         try:
-            ipc.send(sock, "SPAWNED", slot=msg.slot, pid=pid, fds=[pidfd])
-        finally:
-            os.close(pidfd)
+            msg = ipc.recv(sock, Channel.SUPERVISOR_SPAWNER, Role.SPAWNER)
+        except BlockingIOError:
+            return requests
+        except ipc.Closed:
+            if not requests:
+                raise
+            return requests              # serve these; the next read ends it
+        requests.append((msg.slot, msg.fds))
 
 
 def _reap():
@@ -102,22 +123,34 @@ class SpawnerLink:
         theirs.close()
         return cls(pid, ours)
 
-    def spawn(self, slot, ends):
-        """Fork a slot whose child gets `ends` (supervisor, front-broker and
-        child-broker channel ends, in child.run's order); returns (pid,
-        pidfd).  Blocks for the fork only."""
+    def spawn(self, batch):
+        """Fork one slot per (slot id, ends) in `batch`, where ends are the
+        child's supervisor, front-broker and child-broker channel ends
+        (child.run's order); returns [(pid, pidfd)] in the same order.
+        Blocks for the forks only."""
+        answers = []
         try:
-            ipc.send(self.sock, "SPAWN", slot=slot, fds=[e.fileno() for e in ends])
-            ready, _, _ = select.select([self.sock], [], [], ANSWER_TIMEOUT)
-            if not ready:
-                raise SpawnerError("no answer")
-            msg = ipc.recv(self.sock, Channel.SUPERVISOR_SPAWNER, Role.SUPERVISOR)
-        except (OSError, ipc.Closed, ipc.Violation) as e:
+            for slot, ends in batch:
+                ipc.send(self.sock, "SPAWN", slot=slot,
+                         fds=[e.fileno() for e in ends])
+            answers = []
+            for slot, _ in batch:
+                ready, _, _ = select.select([self.sock], [], [], ANSWER_TIMEOUT)
+                if not ready:
+                    raise SpawnerError("no answer")
+                msg = ipc.recv(self.sock, Channel.SUPERVISOR_SPAWNER, Role.SUPERVISOR)
+                answers.append((msg.pid, msg.fds[0]))
+                if msg.slot != slot:
+                    raise SpawnerError(f"answer for slot {msg.slot}, not {slot}")
+        except (OSError, ipc.Closed, ipc.Violation, SpawnerError) as e:
+            # Children already forked see their supervisor channel close
+            # (the caller closes it) and exit.
+            for _, pidfd in answers:
+                os.close(pidfd)
+            if isinstance(e, SpawnerError):
+                raise
             raise SpawnerError(str(e) or type(e).__name__) from None
-        if msg.slot != slot:
-            os.close(msg.fds[0])
-            raise SpawnerError(f"answer for slot {msg.slot}, not {slot}")
-        return msg.pid, msg.fds[0]
+        return answers
 
     def stop(self):
         """Close the channel: the spawner reaps what it can and exits; its

@@ -57,6 +57,7 @@ class Supervisor:
         self.service_uids, self.service_gids = service_ids(cfg)
         self.draining = {}                  # slot id -> when its front is killed
         self.spawner = None                 # SpawnerLink: forks the slots
+        self.spawn_due = None               # when missing spares are forked
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -142,8 +143,11 @@ class Supervisor:
 
     def next_timeout(self):
         waits = [1.0]
-        if self.pool.next_spawn > time.monotonic():
-            waits.append(self.pool.next_spawn - time.monotonic())
+        now = time.monotonic()
+        if self.pool.next_spawn > now:
+            waits.append(self.pool.next_spawn - now)
+        if self.spawn_due is not None:
+            waits.append(self.spawn_due - now)
         return max(0.01, min(waits))
 
     def on_wakeup(self, _):
@@ -292,44 +296,62 @@ class Supervisor:
             return
         limits_ = self.cfg.limits
         ready = self.pool.count(SlotState.STARTING, SlotState.IDLE)
-        wanted = limits_.spare_children + len(self.pending) - ready
-        room = limits_.max_children - len(self.pool.slots)
-        for _ in range(max(0, min(wanted, room, limits.SPAWN_BURST))):
-            if not self.spawn_slot():
+        wanted = min(limits_.spare_children + len(self.pending) - ready,
+                     limits_.max_children - len(self.pool.slots), limits.SPAWN_BURST)
+        if wanted <= 0:
+            self.spawn_due = None
+            return
+        # The spawner forks a batch back to back, so the pages its loop
+        # writes are copied once per batch rather than once per slot (each
+        # such page would otherwise end up private to one slot).  Missing
+        # spares are therefore replaced together, at most SPAWN_BATCH_DELAY
+        # after the first goes missing -- and at once when a client waits
+        # for a slot or fewer than half the spares are left.
+        if not self.pending and 2 * ready >= limits_.spare_children:
+            if self.spawn_due is None:
+                self.spawn_due = now + limits.SPAWN_BATCH_DELAY
+            if now < self.spawn_due and wanted < limits.SPAWN_BURST:
                 return
+        self.spawn_due = None
+        self.spawn_batch(wanted)
 
-    def spawn_slot(self):
-        sid = self.pool.new_id()
-        front_broker_b, front_broker_f = ipc.socketpair()
-        child_broker_b, child_broker_c = ipc.socketpair()
-        sup_end, child_end = ipc.socketpair()
+    def spawn_batch(self, count):
+        batch, socks = [], []
+        for _ in range(count):
+            sid = self.pool.new_id()
+            front_broker_b, front_broker_f = ipc.socketpair()
+            child_broker_b, child_broker_c = ipc.socketpair()
+            sup_end, child_end = ipc.socketpair()
+            try:
+                self.broker.send("CHANNELS_NEW", slot=sid,
+                                 fds=[front_broker_b.fileno(), child_broker_b.fileno()])
+            finally:
+                front_broker_b.close()
+                child_broker_b.close()
+            batch.append((sid, (child_end, front_broker_f, child_broker_c)))
+            socks.append(sup_end)
         try:
-            self.broker.send("CHANNELS_NEW", slot=sid,
-                     fds=[front_broker_b.fileno(), child_broker_b.fileno()])
-        finally:
-            front_broker_b.close()
-            child_broker_b.close()
-        try:
-            pid, pidfd = self.spawner.spawn(sid, (child_end, front_broker_f,
-                                                  child_broker_c))
+            answers = self.spawner.spawn(batch)
         except SpawnerError as e:
-            # The broker sees the slot's channels close and forgets them.
-            sup_end.close()
+            # The broker sees these slots' channels close and forgets them.
+            for sup_end in socks:
+                sup_end.close()
             self.pool.back_off()
             log.error("spawner failed (%s); starting a new one, next spawn in "
                       "%.1f s", e, self.pool.backoff)
             self.spawner.stop()
             self.spawner = SpawnerLink.start(self.cfg)
-            return False
+            return
         finally:
-            for end in (child_end, front_broker_f, child_broker_c):
-                end.close()
-        slot = Slot(sid, pid, pidfd, sup_end, broker=self.broker)
-        self.broker.slots += 1
-        self.pool.add(slot)
-        self.sel.register(sup_end, selectors.EVENT_READ, (self.on_slot, slot))
-        self.sel.register(slot.pidfd, selectors.EVENT_READ, (self.on_child_exit, slot))
-        return True
+            for _, ends in batch:
+                for end in ends:
+                    end.close()
+        for (sid, _), sup_end, (pid, pidfd) in zip(batch, socks, answers):
+            slot = Slot(sid, pid, pidfd, sup_end, broker=self.broker)
+            self.broker.slots += 1
+            self.pool.add(slot)
+            self.sel.register(sup_end, selectors.EVENT_READ, (self.on_slot, slot))
+            self.sel.register(slot.pidfd, selectors.EVENT_READ, (self.on_child_exit, slot))
 
     def on_slot(self, slot):
         try:
