@@ -17,7 +17,6 @@ supervisor built before forking, greets, runs the AUTHORIZATION dialogue
 Its log lines travel to the child as LOG frames (syslog is unreachable
 from the chroot) until the handover; the pipe itself logs nothing.
 """
-import logging
 import os
 import select
 import socket
@@ -39,17 +38,16 @@ PIPE_BUFFER = 64 * 1024
 FRONT_FILES = 16
 
 
-class ChannelLogHandler(logging.Handler):
-    """Forward log records to the child; drop them if it is not reading."""
+class ChannelLogHandler(logsetup.Handler):
+    """Forward log lines to the child; drop them if it is not reading."""
 
     def __init__(self, sock):
-        super().__init__()
         self.sock = sock
 
-    def emit(self, record):
+    def emit(self, level, text):
         try:
-            text = logsetup.sanitize(record.getMessage(), limit=900)
-            ipc.send(self.sock, "LOG", level=record.levelno, text=text)
+            ipc.send(self.sock, "LOG", level=level,
+                     text=logsetup.sanitize(text, limit=900))
         except (OSError, ValueError):
             pass
 
@@ -122,7 +120,7 @@ def run(cfg, child_sock, broker_sock):
     theirs.close()
     # From here on the front needs neither channel: the broker has granted,
     # the child has the stream.  Log lines would have nowhere to go.
-    logsetup.setup(cfg.logging, handler=logging.NullHandler())
+    logsetup.setup(cfg.logging, handler=logsetup.NullHandler())
     child_sock.close()
     broker_sock.close()
     pipe(session.tls, ours, session.reader.take_buffered(),

@@ -55,7 +55,6 @@ Every import is at the top: after the privilege drop imports may fail.
 import errno
 import fcntl
 import gc
-import logging
 import os
 import resource
 import select
@@ -64,9 +63,8 @@ import socket
 import stat
 import time
 
-from . import privileges
-
-log = logging.getLogger("popd")
+from . import logsetup, privileges
+from .logsetup import WARNING, log
 
 # Results of one attempt at the dot-lock.
 OK = "ok"
@@ -291,7 +289,7 @@ class DotLock:
             return False
         if removed:
             self.broken = reason
-            self._note(logging.WARNING, "removed stale lock %s: %s",
+            self._note(WARNING, "removed stale lock %s: %s",
                        self.path, reason)
         return removed
 
@@ -309,11 +307,11 @@ class DotLock:
             try:
                 now = os.lstat(self.path)
             except FileNotFoundError:
-                self._note(logging.WARNING, "lock %s was removed by someone "
+                self._note(WARNING, "lock %s was removed by someone "
                            "else while we held it", self.path)
                 return False
             if (now.st_dev, now.st_ino) != (ident.st_dev, ident.st_ino):
-                self._note(logging.WARNING, "lock %s was replaced while we "
+                self._note(WARNING, "lock %s was replaced while we "
                            "held it; left alone", self.path)
                 return False
             os.unlink(self.path)
@@ -609,7 +607,7 @@ def _become(uid, gid):
 
 def _helper_main(sock, mbox_path, uid, gid_mail, stale_after):
     gc.disable()
-    logging.disable(logging.CRITICAL)
+    logsetup.setup_silent()
     try:
         signal.set_wakeup_fd(-1)
     except ValueError:                   # not the main thread: none was set

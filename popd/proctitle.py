@@ -3,7 +3,30 @@
 Runs in: all processes.  Every local user can read process titles, so the
 user name and client address appear only with logging.verbose_proctitle.
 """
-import setproctitle
+import importlib.machinery
+import importlib.util
+import os
+
+
+def _load_setproctitle():
+    """setproctitle's C module, without its package's __init__, which
+    imports the logging module (and so threading) only to log that the C
+    module is missing; logsetup.py says what those two cost every forked
+    process."""
+    package = importlib.util.find_spec("setproctitle")   # not executed
+    for directory in package.submodule_search_locations:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(directory, "_setproctitle" + suffix)
+            if os.path.exists(path):
+                spec = importlib.util.spec_from_file_location(
+                    "setproctitle._setproctitle", path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                return module
+    raise ImportError("setproctitle's C module _setproctitle is missing")
+
+
+setproctitle = _load_setproctitle()
 
 SUPERVISOR = "supervisor"
 SPAWNER = "spawner"

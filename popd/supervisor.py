@@ -217,7 +217,7 @@ class Supervisor:
         try:
             logsetup.setup(new.logging)
         except OSError as e:                   # syslog unreachable: say so on stderr
-            logsetup.setup(new.logging, handler=logsetup.logging.StreamHandler())
+            logsetup.setup(new.logging, handler=logsetup.StreamHandler())
             log.error("SIGHUP: cannot reach syslog at %s (%s); logging to stderr",
                       new.logging.syslog_address, e.strerror)
         proctitle.configure(new.logging.verbose_proctitle)
