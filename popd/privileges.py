@@ -29,6 +29,9 @@ _PR_SET_NO_NEW_PRIVS = 38
 _PR_GET_NO_NEW_PRIVS = 39
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_BPF_INSN = 8                  # sizeof(struct sock_filter)
 _CAP_VERSION_3 = 0x20080522
 
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -43,6 +46,10 @@ class _CapHeader(ctypes.Structure):
 class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
                 ("inheritable", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):            # struct sock_fprog
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
 
 with open("/proc/sys/kernel/cap_last_cap") as _f:    # read while /proc exists
@@ -84,6 +91,25 @@ def capset(effective, permitted, inheritable=0):
 
 def bounding_set():
     return sum(1 << c for c in range(CAP_LAST + 1) if _prctl(_PR_CAPBSET_READ, c))
+
+
+def install_seccomp(program):
+    """Put a classic BPF seccomp program (seccomp.py builds it) on this
+    process: the kernel copies it; no file is read.  Needs no_new_privs
+    (harden() sets it) or root.  OSError if the kernel refuses."""
+    fprog = _SockFprog(len(program) // _BPF_INSN, program)
+    if _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER,
+                   ctypes.addressof(fprog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
+
+
+def seccomp_probe():
+    """errno of PR_SET_SECCOMP with a NULL program (Chromium's probe):
+    EFAULT where the kernel takes filters (it tried to read the program),
+    EINVAL where it does not; nothing is installed either way."""
+    _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, 0, 0, 0)
+    return ctypes.get_errno()
 
 
 def set_child_subreaper():

@@ -74,3 +74,19 @@ def after_fork(keep):
     gc.freeze()
     reset_signals()
     close_fds_except(set(keep) | logsetup.handler_fds())
+
+
+def reap_children():
+    """Collect every exited child (logging one killed by a signal other
+    than SIGKILL, which popd sends itself); True once none is left at all.
+    The supervisor's and the spawner's reap loop."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if pid == 0:
+            return False
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) != signal.SIGKILL:
+            logsetup.log.warning("process %d died of signal %d", pid,
+                                 os.WTERMSIG(status))

@@ -39,7 +39,7 @@ them is refused by the default, and the tests try them.
 How: libseccomp (the system's libseccomp.so.2, through ctypes) turns the
 rules into BPF in the supervisor, once; the program does not depend on
 the configuration, so a reload keeps it.  Each front only hands the
-bytes to prctl(PR_SET_SECCOMP): no libseccomp call, no file, no
+bytes to prctl(PR_SET_SECCOMP) (privileges.install_seccomp): no libseccomp call, no file, no
 compilation per login.  No Python binding (pyseccomp) either: importing
 one costs every forked process ~2 MB (importlib.metadata, email,
 ctypes.util and its subprocess), and its find_library runs ldconfig.
@@ -50,6 +50,7 @@ import mmap
 import os
 import socket
 
+from . import privileges
 from .logsetup import log
 
 INSTALL_LIBSECCOMP = "install libseccomp (Debian: apt-get install libseccomp2)"
@@ -105,10 +106,8 @@ ACT_KILL_PROCESS = 0x80000000
 ACT_EPERM = 0x00050000 | errno.EPERM           # SCMP_ACT_ERRNO(EPERM)
 _FLTATR_ACT_BADARCH = 2
 _CMP_EQ, _CMP_MASKED_EQ = 4, 7
-# linux/prctl.h, linux/seccomp.h, linux/filter.h: installing the program.
-_PR_SET_SECCOMP = 22
-_SECCOMP_MODE_FILTER = 2
-_BPF_INSN = 8                                  # sizeof(struct sock_filter)
+# linux/filter.h: sizeof(struct sock_filter), and the kernel's bound.
+_BPF_INSN = 8
 _BPF_MAXINSNS = 4096
 
 
@@ -116,14 +115,6 @@ class _ArgCmp(ctypes.Structure):               # struct scmp_arg_cmp
     _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
                 ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
 
-
-class _SockFprog(ctypes.Structure):            # struct sock_fprog
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
-
-
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p,
-                        ctypes.c_ulong, ctypes.c_ulong]
 
 # The compiled filter (classic BPF), set by startup_problem() in the
 # supervisor before any fork, so every front inherits it; None when
@@ -215,12 +206,8 @@ def build():
 
 
 def _kernel_problem():
-    """Why this kernel cannot take a filter, or None.  The probe Chromium's
-    sandbox uses: PR_SET_SECCOMP with a NULL program fails with EFAULT
-    when filters are supported (the kernel tried to read it), EINVAL when
-    not; nothing is installed either way."""
-    _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, None, 0, 0)
-    err = ctypes.get_errno()
+    """Why this kernel cannot take a filter, or None."""
+    err = privileges.seccomp_probe()
     if err == errno.EFAULT:
         return None
     if err == errno.EINVAL:
@@ -249,16 +236,6 @@ def startup_problem(mode):
     return f"seccomp filter for fronts unavailable: {reason}; {fix}"
 
 
-def install(bpf):
-    """Put the program on this process: the kernel copies it, nothing is
-    read from a file (the front is chrooted) and libseccomp is not called.
-    Needs no_new_privs (privileges.sandbox_front sets it) or root."""
-    fprog = _SockFprog(len(bpf) // _BPF_INSN, bpf)
-    if _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
-
-
 def confine_front(mode):
     """Load the filter into this process (a front, already sandboxed).
     `mode` is login_seccomp: required (failing to load raises SeccompError,
@@ -271,7 +248,7 @@ def confine_front(mode):
             raise SeccompError("seccomp unavailable: no filter was built at startup")
         return "unavailable"
     try:
-        install(program)
+        privileges.install_seccomp(program)
     except OSError as e:
         if mode == "required":
             raise SeccompError(f"cannot load the seccomp filter: {e}") from None

@@ -52,7 +52,7 @@ def run(cfg, sock):
     sock.setblocking(False)
     while True:
         ready, _, _ = select.select([sock], [], [], REAP_INTERVAL)
-        _reap()
+        process.reap_children()
         if not ready:
             continue
         try:
@@ -60,7 +60,8 @@ def run(cfg, sock):
         except (ipc.Closed, ipc.Violation) as e:
             if isinstance(e, ipc.Violation):
                 log.error("spawner: %s; exiting", e)
-            return _reap()
+            process.reap_children()
+            return
         # Fork the whole batch back to back: the pages this loop writes
         # between two forks are copied once per batch, not once per slot.
         pids = []
@@ -72,7 +73,7 @@ def run(cfg, sock):
                 os.close(fd)
             pids.append(pid)
         for (slot, _), pid in zip(requests, pids):
-            # Opened before _reap() can run: the pid is still this child.
+            # Opened before the next reap can run: the pid is still this child.
             pidfd = os.pidfd_open(pid)
             try:
                 ipc.send(sock, "SPAWNED", slot=slot, pid=pid, fds=[pidfd])
@@ -93,18 +94,6 @@ def _read_requests(sock):
                 raise
             return requests              # serve these; the next read ends it
         requests.append((msg.slot, msg.fds))
-
-
-def _reap():
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        if os.WIFSIGNALED(status) and os.WTERMSIG(status) != signal.SIGKILL:
-            log.warning("process %d died of signal %d", pid, os.WTERMSIG(status))
 
 
 class SpawnerLink:

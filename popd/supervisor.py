@@ -21,7 +21,7 @@ import signal
 import time
 
 from . import (admission, config, ipc, limits, listeners, logsetup,
-               privileges, proctitle, seccomp, tls, trusted_files)
+               privileges, process, proctitle, seccomp, tls, trusted_files)
 from .broker_link import BrokerLink, BrokerStartError
 from .config import service_ids
 from .ipc import Channel, Role
@@ -443,17 +443,9 @@ class Supervisor:
         send_signal(slot.front_pidfd, signal.SIGKILL)
 
     def reap(self):
-        """Collect every exited process: children, orphaned fronts, broker.
-        True once no child process is left at all."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return True
-            if pid == 0:
-                return False
-            if os.WIFSIGNALED(status) and os.WTERMSIG(status) != signal.SIGKILL:
-                log.warning("process %d died of signal %d", pid, os.WTERMSIG(status))
+        """Collect every exited process: orphaned fronts, slots of a gone
+        spawner, the spawner, the broker.  True once none is left."""
+        return process.reap_children()
 
     # -- grants ----------------------------------------------------------------
     def on_broker(self, link):
