@@ -9,8 +9,9 @@ the slot's front (requests come in, one answer goes out per request) and
 one to the slot's child (the grant goes out, nothing comes in).  A front
 channel is UNBOUND until the supervisor names the client address it serves
 (CHANNEL_BIND), BOUND while it may ask, WAITING while its request is being
-checked, GRANTED after a success; a frame that does not fit the state
-closes the slot's channels with a log line.  The client address used for
+checked, GRANTED after a success, DONE once the front says its client
+was told +OK (LOGIN_DONE: only then is the success recorded); a frame that
+does not fit the state closes the slot's channels with a log line.  The client address used for
 throttling and logs comes from the supervisor, never from the front.
 
 Hashing (100-300 ms for argon2 or bcrypt) runs in worker processes fed by
@@ -22,6 +23,7 @@ import collections
 import enum
 import heapq
 import os
+import select
 import selectors
 import signal
 import socket
@@ -39,6 +41,7 @@ class ChannelState(enum.Enum):
     BOUND = "bound"
     WAITING = "waiting"
     GRANTED = "granted"
+    DONE = "done"
 
 
 class SlotChannels:
@@ -51,6 +54,7 @@ class SlotChannels:
         self.address = None            # throttling key: IPv4, or IPv6 /64
         self.failures = 0
         self.closed = False
+        self.login = None              # the login granted on this channel
 
 
 class Job:
@@ -149,6 +153,7 @@ def worker_main(cfg, sock, verifier):
     proctitle.set_title(proctitle.BROKER_WORKER)
     if os.geteuid() == 0:
         privileges.drop_to(cfg.broker_user, cfg.broker_group)
+    privileges.limit_memory(cfg.limits.broker_memory)
     # After the drop: a credential change clears the parent-death signal.
     privileges.die_with_parent(signal.SIGKILL)
     if os.getppid() == 1:
@@ -175,7 +180,8 @@ class Broker:
         self.service_uids, self.service_gids = config.service_ids(cfg)
         lim = cfg.limits
         self.throttle = throttle.Throttle(lim.auth_failure_window, lim.auth_delay_min,
-                                          lim.auth_delay_max)
+                                          lim.auth_delay_max,
+                                          lim.auth_throttle_memory << 20)
         # A connection has at most one request in flight, so admission's
         # per-address cap already bounds what one address can queue.
         self.queue = FairQueue(lim.auth_queue, lim.max_per_ip)
@@ -326,6 +332,9 @@ class Broker:
             return
         if chan.state is ChannelState.UNBOUND:
             self.drain_supervisor()
+        if msg.name == "LOGIN_DONE":
+            self.answer_login_done(chan)
+            return
         if chan.state is not ChannelState.BOUND:
             self.close_slot(chan, f"{msg.name} in state {chan.state.value}")
             return
@@ -336,7 +345,7 @@ class Broker:
         job = Job(chan, msg, entry, well_formed,
                   self.throttle.delay(login, chan.address))
         chan.state = ChannelState.WAITING
-        suspect = self.throttle.by_address.count(chan.address, job.arrived) > 0
+        suspect = self.throttle.suspect(chan.address, job.arrived)
         if not self.queue.push(chan.address, job, suspect):
             log.warning("auth queue full: rip=%s, user=\"%s\"", chan.peer_ip,
                         sanitize(login, 64))
@@ -353,18 +362,31 @@ class Broker:
             self.verifier.default_scheme = self.passwd.default_scheme()
 
     def answer_later(self, job, good):
-        """Record the outcome now (so the next attempt sees it), answer when
-        the throttle's delay has passed.  good=None: could not check."""
+        """Record a failure now (so the next attempt sees it), answer when
+        the throttle's delay has passed; a right password waits at most
+        auth_delay_max_success from its arrival, so that guessers cannot
+        push its answer past the login deadline.  good=None: could not
+        check.  A success is recorded only once the client has its +OK
+        (answer_login_done)."""
         if good is False:
             self.throttle.failed(job.login, job.chan.address)
-        elif good:
-            self.throttle.succeeded(job.login, job.chan.address)
+        due = job.due
+        if good:
+            due = min(due, job.arrived + self.cfg.limits.auth_delay_max_success)
         self.seq += 1
-        heapq.heappush(self.timers, (job.due, self.seq, job, good))
+        heapq.heappush(self.timers, (due, self.seq, job, good))
 
     def finish(self, job, good):
         chan = job.chan
+        if (good and not chan.closed and chan.front is not None
+                and select.select([chan.front], [], [], 0)[0]):
+            # The front must not speak while it waits, so readable means
+            # it has gone (given up at its deadline): no grant for nobody.
+            self.from_front(chan)
         if chan.closed or chan.state is not ChannelState.WAITING:
+            if good:
+                log.info('login abandoned: rip=%s, user="%s": the front was '
+                         'gone before the grant', chan.peer_ip, sanitize(job.login, 64))
             return
         chan.state = ChannelState.BOUND
         if good is None:
@@ -400,15 +422,25 @@ class Broker:
             ipc.send(chan.child, "GRANT", login=job.login, uid=entry.uid,
                      gid=entry.gid, mbox=mbox)
             ipc.send(self.sup, "GRANTED", slot=chan.slot, uid=entry.uid,
-                     gid=entry.gid)
+                     gid=entry.gid, login=job.login, mbox=mbox)
         except OSError as e:
             self.close_slot(chan, f"cannot send the grant: {e}")
             return
         chan.state = ChannelState.GRANTED
+        chan.login = job.login
         log.info('login: rip=%s, method=%s, queued=%.3f, user="%s", uid=%d',
                  chan.peer_ip, job.method, job.queued, sanitize(job.login, 64),
                  entry.uid)
         self.send_front(chan, "AUTH_OK")
+
+    def answer_login_done(self, chan):
+        """The front told its client +OK: now the login counts as this
+        (user, address)'s recent success."""
+        if chan.state is not ChannelState.GRANTED:
+            self.close_slot(chan, f"LOGIN_DONE in state {chan.state.value}")
+            return
+        chan.state = ChannelState.DONE
+        self.throttle.succeeded(chan.login, chan.address)
 
     def grant_problem(self, entry):
         """Why this account must never be served, or None."""
@@ -467,6 +499,9 @@ def run(cfg, sup_sock):
     for _ in range(cfg.limits.auth_workers):
         broker.spawn_worker()
     privileges.drop_to(cfg.broker_user, cfg.broker_group)
+    # Its tables are bounded (throttle.py, FairQueue); this bounds the
+    # rest, whatever unauthenticated clients make it hold.
+    privileges.limit_memory(cfg.limits.broker_memory)
     broker.refresh_passwd()
     if broker.passwd.stamp is None:
         log.error("auth broker: cannot use %s as uid %d; make it readable by "

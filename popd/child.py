@@ -10,7 +10,8 @@ Life of a child (states asserted as it goes):
   IDLE      wait for the supervisor's CONNECTION; pass the socket to the
             front without reading a byte of it.
   BUSY      wait for the broker's GRANT and the supervisor's
-            STATE_DIR_READY; log what the front sends.
+            STATE_DIR_READY (or SESSION_REFUSED: the maildrop is held by
+            another session); log what the front sends.
   OWNER     setgroups([]), setresgid/setresuid to the owner, capabilities
             cleared and checked; open the mailbox; tell the front.
   SESSION   take the socket (and any pipelined bytes) from the front and
@@ -59,6 +60,7 @@ class Child:
         self.peer_ip = None
         self.front_log_budget = MAX_FRONT_LOG_LINES
         self.lock_helper = None
+        self.granted = False
 
     def expect(self, *states):
         assert self.state in states, f"child in state {self.state}"
@@ -102,7 +104,8 @@ class Child:
     # -- BUSY ----------------------------------------------------------------
     def wait_for_grant(self):
         """Until both the grant and the state directory are there, or the
-        front ends (failed login, QUIT, timeout): then None."""
+        front ends (failed login, QUIT, timeout): then None.  A maildrop
+        the supervisor will not hand out is answered [IN-USE] here."""
         self.expect(ChildState.BUSY)
         deadline = (time.monotonic() + self.cfg.limits.login_deadline
                     + limits.FRONT_KILL_GRACE)
@@ -121,8 +124,13 @@ class Child:
                 if grant is not None:
                     raise ipc.Violation("second GRANT")
                 grant = msg
+                self.granted = True
             if self.sup in ready:
                 msg = ipc.recv(self.sup, Channel.SUPERVISOR_CHILD, Role.CHILD)
+                if grant is not None and msg.name == "SESSION_REFUSED":
+                    ipc.send(self.front, "MAILBOX_ERR", code=msg.code,
+                             text="Mailbox is in use by another session")
+                    return None
                 if msg.name != "STATE_DIR_READY" or state_uid is not None:
                     raise ipc.Violation(f"{msg.name} while waiting for a grant")
                 state_uid = msg.uid
@@ -232,7 +240,16 @@ def run(cfg, slot, sup_sock, front_broker, child_broker):
         proctitle.set_title(proctitle.CHILD_IDLE)
         child = Child(cfg, slot, sup_sock, child_broker)
         child.start(front_broker)
-        child.serve()
+        try:
+            child.serve()
+        finally:
+            if child.granted:
+                # Whatever ended it has been logged: the supervisor need
+                # not log this session's end for us.
+                try:
+                    ipc.send(sup_sock, "CHILD_DONE")
+                except OSError:
+                    pass
     except ipc.Closed as e:
         # A peer ended first (the broker after a failed login, the
         # supervisor at shutdown): nothing left to do.

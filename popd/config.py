@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
+from . import limits
 from .tls import MOZILLA_INTERMEDIATE_CIPHERS
 
 try:                                    # libyaml is in the PyYAML wheels
@@ -256,6 +257,10 @@ KEYS = [
         "Idle pre-forked slots kept ready."),
     Key("limits.max_per_ip", integer(1, 4096), 8,
         "Concurrent connections from one IPv4 address or IPv6 /64."),
+    Key("limits.max_sessions_per_uid", optional(integer(1, 4096)), None,
+        "Logged-in sessions one uid may hold at once, across all its "
+        "maildrops (virtual users sharing a uid); [IN-USE] beyond.  Unset: "
+        "no cap beyond one session per maildrop, which is always kept."),
     Key("limits.login_deadline", integer(5, 600), 30,
         "Seconds from the greeting to a completed login."),
     Key("limits.idle_timeout", integer(10, 86400), 600,
@@ -270,8 +275,21 @@ KEYS = [
         "Seconds the broker waits before answering once an address or a "
         "user has failed within auth_failure_window; doubles with each "
         "further failure.  0 turns the delays off."),
-    Key("limits.auth_delay_max", integer(0, 600), 30,
-        "Cap on that delay, in seconds."),
+    Key("limits.auth_delay_max", integer(0, 600), 20,
+        "Cap on that delay, in seconds.  With delays on it must leave at "
+        "least 10 s of login_deadline for the handshake and the client."),
+    Key("limits.auth_delay_max_success", integer(0, 600), 5,
+        "Cap, in seconds, on the delay before a right password is answered, "
+        "however many failures its user or address has: guessers cannot "
+        "push a real user past the login deadline.  See popd(8), "
+        "\"Password guessing\", for what it costs."),
+    Key("limits.auth_throttle_memory", integer(1, 1024), 16,
+        "MiB the broker's failure counters may use (about 2,000 keys per "
+        "MiB in each of three tables); the least recently used are "
+        "forgotten first."),
+    Key("limits.broker_memory", integer(128, 65536), 512,
+        "Address-space cap (MiB) of the auth broker and of each hashing "
+        "worker (argon2 needs its memory cost on top of ~100 MiB)."),
     Key("limits.auth_failure_window", integer(10, 86400), 900,
         "Seconds a failed login counts against its address and its user."),
     Key("limits.auth_workers", integer(1, 32), 2,
@@ -408,6 +426,17 @@ def _cross_checks(v):
     if v["limits.max_per_ip"] > v["limits.max_children"]:
         out.append(f"limits.max_per_ip: {v['limits.max_per_ip']} is more "
                    f"than limits.max_children ({v['limits.max_children']})")
+    # The front's login deadline includes the broker's delay: a delay that
+    # fills it turns every delayed answer into "Login timed out".
+    spare = v["limits.login_deadline"] - v["limits.auth_delay_max"]
+    if v["limits.auth_delay_min"] > 0 and spare < limits.LOGIN_HEADROOM:
+        out.append(f"limits.auth_delay_max: {v['limits.auth_delay_max']} leaves "
+                   f"{spare} s of limits.login_deadline "
+                   f"({v['limits.login_deadline']}), less than "
+                   f"{limits.LOGIN_HEADROOM} s for the handshake and the client; "
+                   f"lower auth_delay_max to at most "
+                   f"{max(0, v['limits.login_deadline'] - limits.LOGIN_HEADROOM)} "
+                   f"or raise login_deadline")
     # Three distinct identities: if the front shared a uid with the child or
     # the broker it could ptrace or signal them.
     for kind, names in (("user", ("user", "login_user", "broker_user")),

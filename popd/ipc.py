@@ -94,6 +94,14 @@ MESSAGES = [
           ("tls", STR(16))), fds=1),
     Spec("STATE_DIR_READY", 4, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
          (("uid", U32),)),
+    # Instead of STATE_DIR_READY: the maildrop is held by another session
+    # (sessions.py); the child answers the front with this RFC 3206 code.
+    Spec("SESSION_REFUSED", 7, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
+         (("code", STR(16)),)),
+    # A granted child has logged how its slot ended and is exiting; a
+    # granted child that exits without it was killed (or crashed), and the
+    # supervisor logs the session's end for it.
+    Spec("CHILD_DONE", 3, _C.SUPERVISOR_CHILD, _R.CHILD, ()),
     # supervisor <-> spawner: fork a slot whose child gets these channel
     # ends (supervisor, front-broker, child-broker); the answer carries the
     # child's pidfd.
@@ -107,12 +115,16 @@ MESSAGES = [
          (("slot", U32), ("peer_ip", STR(64)))),
     Spec("BROKER_READY", 5, _C.SUPERVISOR_BROKER, _R.BROKER, ()),
     Spec("GRANTED", 9, _C.SUPERVISOR_BROKER, _R.BROKER,
-         (("slot", U32), ("uid", U32), ("gid", U32))),
+         (("slot", U32), ("uid", U32), ("gid", U32),
+          ("login", STR(limits.MAX_LOGIN)), ("mbox", STR(1024)))),
     # front <-> broker: one request at a time, one answer each
     Spec("AUTH_REQUEST", 10, _C.BROKER_FRONT, _R.FRONT,
          (("authzid", STR(limits.MAX_LOGIN)), ("authcid", STR(limits.MAX_LOGIN)),
           ("secret", BYTES(limits.MAX_SECRET)), ("method", STR(16)))),
     Spec("AUTH_OK", 11, _C.BROKER_FRONT, _R.BROKER, ()),
+    # After AUTH_OK: the client was told +OK.  Only then does the broker
+    # count the login as a success (throttle.py's recent-success record).
+    Spec("LOGIN_DONE", 12, _C.BROKER_FRONT, _R.FRONT, ()),
     # final=1: the channel has spent its attempts and closes after this.
     Spec("AUTH_FAIL", 13, _C.BROKER_FRONT, _R.BROKER,
          (("code", STR(16)), ("final", U32))),

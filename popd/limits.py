@@ -50,3 +50,22 @@ FRONT_KILL_GRACE = 5.0
 # mbox: the child waits this long for the fcntl lock before answering
 # [IN-USE] to PASS.
 MAILBOX_LOCK_WAIT = 10.0
+
+# Sessions as the supervisor watches them (sessions.py).  A granted child
+# runs as the mailbox owner, who may stop it; these bounds do not trust it.
+# A new login to a maildrop whose previous session is still exiting (QUIT,
+# then an immediate new login) waits this long for it, then gets [IN-USE].
+SESSION_HANDOFF_WAIT = 2.0
+# How often each granted child's /proc/<pid>/status is sampled.
+SESSION_WATCH_INTERVAL = 2.0
+# A session child seen stopped (state T) this long is killed: popd never
+# stops one, so its owner did, to keep the slot.
+SESSION_STOPPED_GRACE = 5.0
+# A session child whose context switches have not moved for idle_timeout
+# plus this long is killed: it would have woken for its own idle timeout.
+SESSION_STALL_GRACE = 10.0
+
+# Seconds of limits.login_deadline that limits.auth_delay_max must leave
+# free (config.py checks it): the TLS handshake, the client's USER/PASS and
+# the hashing happen inside the same deadline.
+LOGIN_HEADROOM = 10

@@ -35,6 +35,16 @@ class Slot:
     busy_since: float | None = None
     granted: bool = False
     peer: str = ""
+    # After the grant (sessions.py): who the child serves, its progress
+    # samples, whether it said it logged its own end (CHILD_DONE), and why
+    # the supervisor killed it, if it did.
+    login: str = ""
+    uid: int | None = None
+    watch: object = None
+    done: bool = False
+    killed: str | None = None
+    # Killed on purpose while idle (a reload replaces it): not a crash.
+    retiring: bool = False
     started: float = field(default_factory=time.monotonic)
     broker: object = None               # the BrokerLink holding its channels
 
@@ -88,7 +98,7 @@ class Pool:
     def child_exited(self, slot):
         """The child is gone; a slot that never served anyone counts as a
         crash and slows further spawning (doubling up to a cap)."""
-        if slot.state in (SlotState.STARTING, SlotState.IDLE):
+        if slot.state in (SlotState.STARTING, SlotState.IDLE) and not slot.retiring:
             self.back_off()
         elif slot.state is SlotState.BUSY:
             self.backoff = 0.0                   # slots serve clients: healthy

@@ -196,9 +196,15 @@ def limit_resources(max_files, max_memory_mib):
     (RLIMIT_AS) and no forking at all (RLIMIT_NPROC 0 applies to this
     process only, since it is unprivileged now).  Lowered, never raised."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+    limit_memory(max_memory_mib)
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
+def limit_memory(max_memory_mib):
+    """RLIMIT_AS: past it an allocation fails (MemoryError) instead of
+    growing the process; lowered, never raised."""
     size = max_memory_mib << 20
     resource.setrlimit(resource.RLIMIT_AS, (size, size))
-    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
 
 
 def check(uid, gid, permitted, bounding):

@@ -21,11 +21,12 @@ import signal
 import time
 
 from . import (admission, config, ipc, limits, listeners, logsetup,
-               privileges, process, proctitle, seccomp, tls, trusted_files)
+               privileges, process, proctitle, seccomp, sessions, tls,
+               trusted_files)
 from .broker_link import BrokerLink, BrokerStartError
 from .config import service_ids
 from .ipc import Channel, Role
-from .logsetup import log
+from .logsetup import log, sanitize
 from .pool import Pool, Slot, SlotState
 from .spawner import SpawnerError, SpawnerLink
 
@@ -58,6 +59,7 @@ class Supervisor:
         self.draining = {}                  # slot id -> when its front is killed
         self.spawner = None                 # SpawnerLink: forks the slots
         self.spawn_due = None               # when missing spares are forked
+        self.maildrops = sessions.Maildrops()  # who holds which mailbox
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -235,6 +237,7 @@ class Supervisor:
         # channels: replace them.  Busy ones finish as they are.
         for slot in list(self.pool.slots.values()):
             if slot.state in (SlotState.STARTING, SlotState.IDLE):
+                slot.retiring = True
                 self.kill_slot(slot)
                 self.pool.idle_forget(slot)
         log.info("SIGHUP: configuration reloaded from %s", new.path)
@@ -362,6 +365,14 @@ class Supervisor:
                 log.warning("slot %d: %s; killing it", slot.id, e)
                 self.kill_slot(slot)
             return
+        if msg.name == "CHILD_DONE":
+            # It may come before the broker's GRANTED is read here.
+            if slot.state is not SlotState.BUSY or slot.done:
+                log.warning("slot %d: CHILD_DONE while %s or twice", slot.id,
+                            slot.state.value)
+                self.kill_slot(slot)
+            slot.done = True
+            return
         if slot.state is not SlotState.STARTING or slot.front_pid is not None:
             log.warning("slot %d: SLOT_READY in state %s", slot.id, slot.state.value)
             self.kill_slot(slot)
@@ -397,9 +408,13 @@ class Supervisor:
         self.sel.unregister(slot.pidfd)
         os.close(slot.pidfd)
         slot.pidfd = None
+        if slot.state is SlotState.BUSY:
+            self.drain_slot(slot)
         unused = slot.state in (SlotState.STARTING, SlotState.IDLE)
         self.pool.child_exited(slot)
-        if unused and not self.stopping:
+        if slot.granted:
+            self.session_over(slot)
+        if unused and not self.stopping and not slot.retiring:
             log.warning("slot %d (pid %d) exited before serving a client; next "
                         "spawn in %.1f s", slot.id, slot.pid, self.pool.backoff)
         self.reap()
@@ -438,9 +453,39 @@ class Supervisor:
             self.sel.unregister(link.sock)
             link.sock.close()              # it exits; on_broker_exit reaps it
 
-    def kill_slot(self, slot):
+    def kill_slot(self, slot, why=None):
+        """SIGKILL the slot's child and front; `why`, for a granted slot,
+        becomes its session's end (session_over logs it)."""
+        if why and slot.granted and slot.pidfd is not None and slot.killed is None:
+            slot.killed = why
+            log.warning('slot %d: session of user="%s" (rip=%s) %s; killing it',
+                        slot.id, slot.login, slot.peer, why)
         send_signal(slot.pidfd, signal.SIGKILL)
         send_signal(slot.front_pidfd, signal.SIGKILL)
+
+    def session_over(self, slot):
+        """A granted child is gone: its maildrop is free (a grant waiting
+        for it goes on), and a session whose child did not log its own end
+        (killed, by us or by a signal) gets its end line here."""
+        if not slot.done:
+            log.info('session end: rip=%s, user="%s", duration=%.3f, reason=%s',
+                     slot.peer, slot.login, time.monotonic() - slot.busy_since,
+                     "killed" if slot.killed else "died")
+        waiter = self.maildrops.release(slot.id)
+        if waiter is not None:
+            self.session_may_start(self.pool.slots.get(waiter))
+
+    def drain_slot(self, slot):
+        """Frames the child sent before it exited (CHILD_DONE) may still
+        be queued when its pidfd fires: read them first."""
+        for _ in range(4):                     # the child sends one frame
+            try:
+                self.sel.get_key(slot.sock)
+            except (KeyError, ValueError):
+                return                         # its channel already ended
+            if not select.select([slot.sock], [], [], 0)[0]:
+                return
+            self.on_slot(slot)
 
     def reap(self):
         """Collect every exited process: orphaned fronts, slots of a gone
@@ -461,21 +506,47 @@ class Supervisor:
             log.warning("unexpected %s from the broker", msg.name)
             return
         slot.granted = True
+        slot.login = sanitize(msg.login, 64)
+        slot.uid = msg.uid
+        slot.watch = sessions.Watch(time.monotonic())
         mail = self.cfg.mail
         if (msg.uid < mail.first_valid_uid or msg.gid < mail.first_valid_gid
                 or msg.uid in self.service_uids or msg.gid in self.service_gids):
             log.error("broker granted uid %d gid %d: refused", msg.uid, msg.gid)
-            self.kill_slot(slot)
+            self.kill_slot(slot, "was granted a forbidden uid")
             return
         problem = trusted_files.user_state_directory(mail.state_dir, msg.uid, msg.gid)
         if problem:
             log.error("state directory: %s", problem)
-            self.kill_slot(slot)
+            self.kill_slot(slot, "has no usable state directory")
+            return
+        # One session per maildrop, kept here and not by a lock file in
+        # the owner's state directory, which the owner could delete.
+        claim = self.maildrops.claim(
+            slot.id, msg.mbox, msg.uid, self.cfg.limits.max_sessions_per_uid,
+            alive=lambda sid: getattr(self.pool.slots.get(sid), "pidfd", None) is not None)
+        if claim == "ok":
+            self.session_may_start(slot)
+        elif claim == "refuse":
+            self.refuse_session(slot)
+
+    def session_may_start(self, slot):
+        if slot is None or slot.pidfd is None:
             return
         try:
-            ipc.send(slot.sock, "STATE_DIR_READY", uid=msg.uid)
+            ipc.send(slot.sock, "STATE_DIR_READY", uid=slot.uid)
         except OSError:
-            self.kill_slot(slot)
+            self.kill_slot(slot, "did not take its state directory")
+
+    def refuse_session(self, slot):
+        if slot is None or slot.pidfd is None:
+            return
+        log.info('login refused: rip=%s, user="%s": the mailbox is in use by '
+                 'another session', slot.peer, slot.login)
+        try:
+            ipc.send(slot.sock, "SESSION_REFUSED", code="IN-USE")
+        except OSError:
+            self.kill_slot(slot, "did not take its refusal")
 
     def on_broker_exit(self, link):
         self.sel.unregister(link.pidfd)
@@ -508,6 +579,13 @@ class Supervisor:
                 log.warning("slot %d: login deadline passed (rip=%s); killing "
                             "the front and the child", slot.id, slot.peer)
                 self.kill_slot(slot)
+            elif slot.granted and slot.pidfd is not None and slot.killed is None:
+                why = sessions.stall_reason(slot.pid, slot.watch, now,
+                                            self.cfg.limits.idle_timeout)
+                if why:
+                    self.kill_slot(slot, why)
+        for sid in self.maildrops.expired_waits(now):
+            self.refuse_session(self.pool.slots.get(sid))
         for sid, until in list(self.draining.items()):
             slot = self.pool.slots.get(sid)
             if slot is None or slot.front_pidfd is None:
@@ -523,7 +601,7 @@ class Supervisor:
             self.admission.release(key)
         if self.stopping and now >= self.stop_deadline:
             for slot in self.pool.slots.values():
-                self.kill_slot(slot)
+                self.kill_slot(slot, "outlived the shutdown grace")
 
     def begin_stop(self):
         self.stopping = True

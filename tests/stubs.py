@@ -178,8 +178,8 @@ class FrontRun:
             outcome = session.serve()
         return outcome
 
-    def requests(self):
-        """The AUTH_REQUESTs the front sent, decoded as the broker does."""
+    def frames(self):
+        """Every frame the front sent the broker, decoded as the broker does."""
         out = []
         self.broker_peer.setblocking(False)
         while True:
@@ -187,6 +187,10 @@ class FrontRun:
                 out.append(ipc.recv(self.broker_peer, Channel.BROKER_FRONT, Role.BROKER))
             except (BlockingIOError, ipc.Closed):
                 return out
+
+    def requests(self):
+        """The AUTH_REQUESTs the front sent (LOGIN_DONE left out)."""
+        return [m for m in self.frames() if m.name == "AUTH_REQUEST"]
 
     def close(self):
         for s in (self.broker, self.broker_peer, self.child, self.child_peer):

@@ -225,6 +225,26 @@ def test_user_pass_and_sasl_become_the_same_broker_request():
         run.close()
 
 
+def test_login_done_follows_the_written_ok_and_only_a_success():
+    """The broker records a success only on LOGIN_DONE, which the front
+    sends once +OK has been written to the client."""
+    run = stubs.FrontRun([b"USER alice\r\nPASS x\r\n"], broker_answers=[stubs.AUTH_OK])
+    try:
+        assert run.run() == "login"
+        assert [m.name for m in run.frames()] == ["AUTH_REQUEST", "LOGIN_DONE"]
+        assert run.client.sent.endswith(b"+OK Logged in\r\n")
+    finally:
+        run.close()
+    run = stubs.FrontRun([b"USER alice\r\nPASS x\r\n"],
+                         child_answer=stubs.MAILBOX_ERR, broker_answers=[stubs.AUTH_OK])
+    try:
+        run.run()
+        assert [m.name for m in run.frames()] == ["AUTH_REQUEST"]
+        assert b"[IN-USE]" in run.client.sent
+    finally:
+        run.close()
+
+
 def test_a_login_hands_over_exactly_the_pipelined_rest():
     run = stubs.FrontRun([b"USER alice\r\nPASS x\r\nSTAT\r\nLIST\r\n"],
                          broker_answers=[stubs.AUTH_OK])
