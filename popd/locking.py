@@ -63,7 +63,7 @@ import socket
 import stat
 import time
 
-from . import logsetup, privileges
+from . import logsetup, privileges, proctitle
 from .logsetup import WARNING, log
 
 # Results of one attempt at the dot-lock.
@@ -608,6 +608,7 @@ def _become(uid, gid):
 def _helper_main(sock, mbox_path, uid, gid_mail, stale_after):
     gc.disable()
     logsetup.setup_silent()
+    proctitle.set_title(proctitle.LOCK_HELPER)
     try:
         signal.set_wakeup_fd(-1)
     except ValueError:                   # not the main thread: none was set

@@ -8,9 +8,10 @@ for the length of a session: fcntl always (what postfix, exim, procmail and
 dovecot-lda take), then the dot-lock where one can be made (directly when
 the owner may create `<mbox>.lock`, or through the lock helper holding
 `mail.dotlock_group`).  A second session on the same maildrop is kept out
-by a flock on `<state>/<key>.session`, held for the whole session; the key
-is a digest of the mbox path, so virtual users sharing a uid do not
-collide.  Journal, UID state and session lock all live in the per-uid
+by the supervisor (sessions.py), which the owner cannot touch; the flock
+on `<state>/<key>.session`, held for the whole session, is only a second
+line, since the owner may delete that file.  The key is a digest of the
+mbox path, so virtual users sharing a uid do not collide.  Journal, UID state and session lock all live in the per-uid
 state directory, never in the spool.
 """
 import fcntl

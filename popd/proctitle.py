@@ -36,6 +36,7 @@ CHILD_IDLE = "child idle"
 CHILD_BUSY = "child busy"
 CHILD_SESSION = "child session"
 FRONT = "front"
+LOCK_HELPER = "lock-helper"
 
 _verbose = False
 

@@ -10,7 +10,10 @@ a fork any process could write to it).  Processes are followed through
 pidfds, so a slot counts as taken until its child AND its front are gone;
 fronts orphaned by their child are re-parented here (child subreaper) and
 reaped by the same waitpid loop.  Slots are forked by the spawner
-(spawner.py says why), on request, one SPAWN frame per slot.
+(spawner.py says why), on request, one SPAWN frame per slot.  Granted
+sessions run as their mailbox owner and are not trusted to end: the
+supervisor keeps one session per maildrop and kills a stopped or stalled
+session child (sessions.py), logging its `session end` line for it.
 """
 import collections
 import gc
@@ -649,6 +652,15 @@ def startup_problems(cfg):
                                    readable_by_others=False, group=cfg.broker_group),
         trusted_files.spool_directory(cfg.mail.mbox),
     ]
+    if any(listen.tls != "none" for listen in cfg.listen):
+        # The key: root's, nobody else may write it, others may not read
+        # it (group read for e.g. Debian's ssl-cert is fine); the
+        # certificate: root's, writable by root only.  Both: every
+        # directory up the chain root's and not writable by others.
+        problems += [
+            trusted_files.trusted_file(cfg.tls.key, "tls.key", readable_by_others=False),
+            trusted_files.trusted_file(cfg.tls.cert, "tls.cert", readable_by_others=True),
+        ]
     return [p for p in problems if p]
 
 

@@ -323,6 +323,8 @@ def test_dotlock_group_helper_locks_for_the_session():
                 return None
         helpers = [p for p in descendants(child) if gid(p) == str(mail_gid)]
         assert len(helpers) == 1                        # its lock helper does
+        from tests.daemon import title
+        assert title(helpers[0]) == "popd: lock-helper"  # and says what it is
         st = status(helpers[0])
         assert st["Uid"].split()[0] == str(USERS["alice"][1]) and st["CapPrm"] == "0" * 16
         c.dele(1)

@@ -126,3 +126,16 @@ def test_listen_backlog(tmp_path):
     assert config.load(write(tmp_path, GOOD)).listen[0].backlog == 128
     found = problems(tmp_path, GOOD.replace("tls: none}", "tls: none, backlog: 0}"))
     assert any("listen: [0]: 0 is out of range; allowed: 1..65535" in p for p in found), found
+
+
+def test_auth_delay_max_must_leave_room_in_the_login_deadline(tmp_path):
+    bad = write(tmp_path, GOOD + "limits: {auth_delay_max: 30, login_deadline: 30}\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(bad))
+    (line,) = e.value.problems
+    assert "limits.auth_delay_max: 30" in line and "limits.login_deadline (30)" in line
+    assert "at most 20" in line
+    # Delays off: nothing to leave room for.
+    config.load(str(write(tmp_path, GOOD + "limits: {auth_delay_min: 0, auth_delay_max: 30,"
+                                          " login_deadline: 30}\n")))
+    assert config.load(str(write(tmp_path, GOOD))).limits.auth_delay_max == 20
