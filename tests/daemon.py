@@ -231,6 +231,27 @@ class Daemon:
         raise AssertionError(f"{count} x {role!r} expected; have {self.processes()}")
 
 
+def attempt(d, user, password, source="127.0.0.1"):
+    """One USER/PASS on a fresh connection from `source`: (the reply to
+    PASS, seconds it took)."""
+    from tests import replies
+    s = socket.create_connection((d.host, d.port), timeout=60, source_address=(source, 0))
+    f = s.makefile("rb")
+    assert f.readline().startswith(replies.GREETING)
+    s.sendall(b"USER %s\r\n" % user.encode())
+    f.readline()
+    t = time.monotonic()
+    s.sendall(b"PASS %s\r\n" % password.encode())
+    reply = f.readline().rstrip()
+    took = time.monotonic() - t
+    try:
+        s.sendall(b"QUIT\r\n")
+    except OSError:                     # the server already ended it
+        pass
+    s.close()
+    return reply, took
+
+
 class Detached:
     """The part of Popen the tests use, for a detached supervisor: not our
     child, so its exit status is unknown (returncode -1 once it is gone)."""

@@ -15,7 +15,7 @@ import pytest
 
 from popd import limits
 from tests import replies
-from tests.daemon import USERS, Daemon, status
+from tests.daemon import USERS, Daemon, attempt, status
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 
@@ -30,21 +30,6 @@ def login(d, user, source="127.0.0.1"):
     c.user(user)
     c.pass_(USERS[user][0])
     return c
-
-
-def attempt(d, user, password, source):
-    """USER/PASS on a fresh connection: (reply to PASS, seconds it took)."""
-    s = socket.create_connection((d.host, d.port), timeout=60, source_address=(source, 0))
-    f = s.makefile("rb")
-    assert f.readline().startswith(replies.GREETING)
-    s.sendall(b"USER %s\r\n" % user.encode())
-    f.readline()
-    t = time.monotonic()
-    s.sendall(b"PASS %s\r\n" % password.encode())
-    reply = f.readline().rstrip()
-    took = time.monotonic() - t
-    s.close()
-    return reply, took
 
 
 def served(d, user="bob", source="127.0.0.99"):

@@ -2,7 +2,6 @@
 and per user, no lock-out of a user who logged in recently, fair hashing
 queue, unknown users indistinguishable from wrong passwords."""
 import os
-import socket
 import statistics
 import threading
 import time
@@ -10,25 +9,9 @@ import time
 import pytest
 
 from tests import replies
-from tests.daemon import USERS, Daemon
+from tests.daemon import USERS, Daemon, attempt
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
-
-
-def attempt(d, user, password, source="127.0.0.1"):
-    """One USER/PASS on a fresh connection: (reply, seconds PASS took)."""
-    s = socket.create_connection((d.host, d.port), timeout=60, source_address=(source, 0))
-    f = s.makefile("rb")
-    assert f.readline().startswith(replies.GREETING)
-    s.sendall(b"USER %s\r\n" % user.encode())
-    f.readline()
-    t = time.monotonic()
-    s.sendall(b"PASS %s\r\n" % password.encode())
-    reply = f.readline().rstrip()
-    took = time.monotonic() - t
-    s.sendall(b"QUIT\r\n")
-    s.close()
-    return reply, took
 
 
 def test_delays_grow_and_apply_to_right_passwords_too():
