@@ -217,7 +217,7 @@ def test_tls_key_problem_after_the_broker_started_is_reported_by_the_launcher():
     d = Daemon(tls=True)
     try:
         key = d.base / "key.pem"
-        key.unlink()
+        key.write_text("not a key\n")          # passes the file checks, fails to load
         run = d.launch(capture_output=True, text=True)
         assert run.returncode == 1
         assert any(line.startswith("popd: tls.key: ") and str(key) in line
@@ -225,6 +225,25 @@ def test_tls_key_problem_after_the_broker_started_is_reported_by_the_launcher():
         assert not d.pidfile.exists()
         # As above: the broker it had started, which held the same stderr,
         # is gone too, or run() would still be reading.
+    finally:
+        shutil.rmtree(d.base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fix, said", [
+    (lambda d: os.chown(d.base / "key.pem", 60001, 60001), "(tls.key) is not owned by root"),
+    (lambda d: os.chmod(d.base / "key.pem", 0o644), "(tls.key) is readable by others"),
+    (lambda d: os.chmod(d.base / "cert.pem", 0o666), "(tls.cert) is writable by group or others"),
+    (lambda d: (d.base / "key.pem").unlink(), "(tls.key): No such file"),
+])
+def test_unsafe_tls_files_are_refused_at_start(fix, said):
+    """Issue 11: a key owned by another user, readable by others, or a
+    certificate others can write, is refused with one line naming it."""
+    d = Daemon(tls=True)
+    try:
+        fix(d)
+        run = d.launch(capture_output=True, text=True)
+        assert run.returncode == 1
+        assert any(said in line for line in run.stderr.splitlines()), run.stderr
     finally:
         shutil.rmtree(d.base, ignore_errors=True)
 

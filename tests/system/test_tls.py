@@ -476,9 +476,10 @@ def _break(d, breakage):
 
 
 @pytest.mark.parametrize("breakage,expected", [
-    ("missing-cert", "tls.cert: {cert}: No such file or directory"),
-    ("key-readable", "tls.key: {key} is readable by others (mode 0644); "
-                     "run: chmod 0600 {key}"),
+    # These two are found by the start-up checks of every trusted file.
+    ("missing-cert", "{cert} (tls.cert): No such file or directory"),
+    ("key-readable", "{key} (owner 0, mode 0644) (tls.key) is readable by "
+                     "others; run: chmod o-r {key}"),
     ("mismatch", "tls.key: {key} does not match the certificate in {cert}"),
     ("garbage-cert", "tls.cert: {cert} holds no PEM certificate"),
 ])
