@@ -10,9 +10,10 @@ one to the slot's child (the grant goes out, nothing comes in).  A front
 channel is UNBOUND until the supervisor names the client address it serves
 (CHANNEL_BIND), BOUND while it may ask, WAITING while its request is being
 checked, GRANTED after a success, DONE once the front says its client
-was told +OK (LOGIN_DONE: only then is the success recorded); a frame that
-does not fit the state closes the slot's channels with a log line.  The client address used for
-throttling and logs comes from the supervisor, never from the front.
+was told +OK (LOGIN_DONE: only then is the success recorded); a frame
+that does not fit the state closes the slot's channels with a log line.
+The client address used for throttling and logs comes from the
+supervisor, never from the front.
 
 Hashing (100-300 ms for argon2 or bcrypt) runs in worker processes fed by
 a queue that is fair per client address, so twenty guessers cannot push a
@@ -381,7 +382,7 @@ class Broker:
         if (good and not chan.closed and chan.front is not None
                 and select.select([chan.front], [], [], 0)[0]):
             # The front must not speak while it waits, so readable means
-            # it has gone (given up at its deadline): no grant for nobody.
+            # it has gone (given up at its deadline): no grant to a gone client.
             self.from_front(chan)
         if chan.closed or chan.state is not ChannelState.WAITING:
             if good:

@@ -104,7 +104,6 @@ class Throttle:
         self.by_address = _Table(window, self.max_keys, secret)
         self.by_user = _Table(window, self.max_keys, secret)
         self.good = {}                  # digest of (user, address) -> seconds
-        self.secret = secret
 
     def _pair(self, user, address):
         return self.by_user.digest(f"{user}\0{address}")
