@@ -10,7 +10,8 @@ import argparse
 import os
 import sys
 
-from . import __version__, config, daemonize, logsetup, proctitle, supervisor
+from . import (__version__, config, daemonize, logsetup, proctitle, startup_checks,
+               supervisor)
 
 
 def parse_args(argv):
@@ -22,7 +23,8 @@ def parse_args(argv):
                    help="stay in the foreground (systemd, tests); without it popd "
                         "detaches and exits 0 once it serves")
     p.add_argument("--check-config", action="store_true",
-                   help="validate the configuration and exit (0 = valid)")
+                   help="validate the configuration and the files it names (as "
+                        "root), and exit (0 = valid)")
     p.add_argument("--version", action="version", version=f"popd {__version__}")
     return p.parse_args(argv)
 
@@ -38,8 +40,7 @@ def main(argv=None):
             print(f"popd: {problem}", file=sys.stderr)
         return 1
     if args.check_config:
-        print(f"popd: {args.config}: configuration is valid")
-        return 0
+        return check_files(cfg, args.config)
     if os.geteuid() != 0:
         print("popd: must be started as root (it binds ports and drops "
               "privileges per process)", file=sys.stderr)
@@ -49,6 +50,24 @@ def main(argv=None):
         return run(cfg, daemonize.ForegroundReport())
     return daemonize.launch(cfg.logging.target == "stderr",
                             lambda report: run(cfg, report))
+
+
+def check_files(cfg, shown_path):
+    """--check-config after the configuration itself loaded: the checks a
+    start runs on the files it trusts, and the TLS key loaded, creating
+    nothing.  They need root (the key and passwd file are root's); another
+    user gets the configuration checked and is told the rest was not."""
+    if os.geteuid() != 0:
+        print(f"popd: {shown_path}: configuration is valid; files not checked "
+              f"(run as root to check them)")
+        return 0
+    problems = startup_checks.problems(cfg, create=False)
+    for problem in problems:
+        print(f"popd: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"popd: {shown_path}: configuration is valid")
+    return 0
 
 
 def run(cfg, report):

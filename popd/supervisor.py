@@ -24,8 +24,8 @@ import signal
 import time
 
 from . import (admission, config, ipc, limits, listeners, logsetup,
-               privileges, process, proctitle, seccomp, sessions, tls,
-               trusted_files)
+               privileges, process, proctitle, seccomp, sessions, startup_checks,
+               tls, trusted_files)
 from .broker_link import BrokerLink, BrokerStartError
 from .config import service_ids
 from .ipc import Channel, Role
@@ -183,7 +183,7 @@ class Supervisor:
             log.error("SIGHUP: configuration refused, the running one stays: %s",
                       "; ".join(e.problems))
             return
-        problems = startup_problems(new)
+        problems = startup_checks.problems(new)
         if problems:
             log.error("SIGHUP: configuration refused, the running one stays: %s",
                       "; ".join(problems))
@@ -642,31 +642,9 @@ def send_signal(pidfd, sig):
         pass
 
 
-def startup_problems(cfg):
-    """Every file and directory popd trusts, checked: one line each."""
-    problems = [
-        trusted_files.root_directory(cfg.mail.state_dir, 0o711),
-        trusted_files.root_directory(cfg.login_chroot, 0o755, must_be_empty=True),
-        trusted_files.trusted_file(cfg.path, "the configuration", readable_by_others=True),
-        trusted_files.trusted_file(cfg.auth.passwd_file, "the passwd file",
-                                   readable_by_others=False, group=cfg.broker_group),
-        trusted_files.spool_directory(cfg.mail.mbox),
-    ]
-    if any(listen.tls != "none" for listen in cfg.listen):
-        # The key: root's, nobody else may write it, others may not read
-        # it (group read for e.g. Debian's ssl-cert is fine); the
-        # certificate: root's, writable by root only.  Both: every
-        # directory up the chain root's and not writable by others.
-        problems += [
-            trusted_files.trusted_file(cfg.tls.key, "tls.key", readable_by_others=False),
-            trusted_files.trusted_file(cfg.tls.cert, "tls.cert", readable_by_others=True),
-        ]
-    return [p for p in problems if p]
-
-
 def serve(cfg, on_ready=None, on_stopping=None):
     """Prepare the directories, bind, run; returns the exit code."""
-    problems = startup_problems(cfg)
+    problems = startup_checks.problems(cfg)
     if problems:
         raise StartupError("\n".join(problems))
     warning = trusted_files.suid_dumpable_warning()

@@ -12,13 +12,16 @@ def _describe(path, st):
     return f"{path} (owner {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})"
 
 
-def root_directory(path, mode, must_be_empty=False):
-    """Make `path` if missing (root-owned, `mode`); otherwise check it is a
+def root_directory(path, mode, must_be_empty=False, create=True):
+    """Make `path` if missing (root-owned, `mode`; with create=False a
+    missing one is no problem: it would be made); otherwise check it is a
     real directory owned by root that group and others cannot write.
     Returns a problem line or None."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
+        if not create:
+            return None
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
             os.makedirs(parent, 0o755, exist_ok=True)

@@ -229,21 +229,48 @@ def test_tls_key_problem_after_the_broker_started_is_reported_by_the_launcher():
         shutil.rmtree(d.base, ignore_errors=True)
 
 
-@pytest.mark.parametrize("fix, said", [
+def other_key(d):
+    """A key that is a valid PEM key but not the certificate's."""
+    other = d.ca.issue_cert("localhost")
+    other.private_key_pem.write_to_path(str(d.base / "key.pem"))
+
+
+UNSAFE_FILES = [
     (lambda d: os.chown(d.base / "key.pem", 60001, 60001), "(tls.key) is not owned by root"),
     (lambda d: os.chmod(d.base / "key.pem", 0o644), "(tls.key) is readable by others"),
     (lambda d: os.chmod(d.base / "cert.pem", 0o666), "(tls.cert) is writable by group or others"),
     (lambda d: (d.base / "key.pem").unlink(), "(tls.key): No such file"),
-])
-def test_unsafe_tls_files_are_refused_at_start(fix, said):
-    """Issue 11: a key owned by another user, readable by others, or a
-    certificate others can write, is refused with one line naming it."""
+    (lambda d: (d.base / "cert.pem").unlink(), "(tls.cert): No such file"),
+    (other_key, "does not match the certificate"),
+    (lambda d: os.chmod(d.config, 0o664), "(the configuration) is writable by group"),
+    (lambda d: d.passwd_file.unlink(), "(the passwd file): No such file"),
+]
+
+
+@pytest.mark.parametrize("fix, said", UNSAFE_FILES)
+def test_unsafe_files_are_refused_by_check_config_and_at_start(fix, said):
+    """Issue 11: --check-config refuses what a start refuses (a key owned
+    by another user or readable by others, a certificate others can write,
+    missing files, a mismatched key, a group-writable config), with the
+    same one line, and creates nothing while it checks."""
     d = Daemon(tls=True)
     try:
+        check = subprocess.run([sys.executable, "-m", "popd", "-c", str(d.config),
+                                "--check-config"], capture_output=True, text=True,
+                               cwd=REPO, timeout=60)
+        assert check.returncode == 0, check.stderr
+        assert check.stdout == f"popd: {d.config}: configuration is valid\n"
+        assert not (d.base / "state").exists() and not (d.base / "empty").exists()
         fix(d)
+        check = subprocess.run([sys.executable, "-m", "popd", "-c", str(d.config),
+                                "--check-config"], capture_output=True, text=True,
+                               cwd=REPO, timeout=60)
+        assert check.returncode == 1 and check.stdout == ""
+        lines = check.stderr.splitlines()
+        assert len(lines) == 1 and said in lines[0] and lines[0].startswith("popd: "), lines
         run = d.launch(capture_output=True, text=True)
         assert run.returncode == 1
-        assert any(said in line for line in run.stderr.splitlines()), run.stderr
+        assert lines[0] in run.stderr.splitlines(), run.stderr
     finally:
         shutil.rmtree(d.base, ignore_errors=True)
 

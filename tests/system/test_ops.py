@@ -221,16 +221,30 @@ def test_installed_config_passes_check_config(scratch, tmp_path):
     numeric.write_text(yaml.safe_dump(data))
     config.load(str(numeric))
 
-    # And the real command on the file as installed, names resolved from
+    # And the real command, which also checks the files: on the file as
+    # installed with its paths moved into the scratch tree (popd-setup made
+    # them there) and a certificate of the operator's, names resolved from
     # the scratch tree.
     if not mount_namespaces_work():
         pytest.skip("no mount namespaces here: checked with numeric ids only")
+    tls_dir = scratch / "etc/popd/tls"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-keyout", str(tls_dir / "key.pem"), "-out", str(tls_dir / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+    os.chmod(tls_dir / "key.pem", 0o600)
+    text = installed.read_text()
+    for path in ("/etc/popd/", "/var/lib/popd", "/run/popd/"):
+        assert path in text
+        text = text.replace(path, f"{scratch}{path}")
+    located = scratch / "etc/popd-located.yaml"
+    located.write_text(text)
     check = subprocess.run(
-        as_scratch_users(scratch, [sys.executable, "-m", "popd", "-c", str(installed),
+        as_scratch_users(scratch, [sys.executable, "-m", "popd", "-c", str(located),
                                    "--check-config"]),
         capture_output=True, text=True, cwd=REPO, timeout=60)
     assert check.returncode == 0, check.stderr
-    assert check.stdout == f"popd: {installed}: configuration is valid\n"
+    assert check.stdout == f"popd: {located}: configuration is valid\n"
 
 
 # -- the systemd unit -------------------------------------------------------------

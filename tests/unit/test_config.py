@@ -1,4 +1,5 @@
 """popd.yaml validation: one line per problem naming key, value, what is allowed."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -94,10 +95,27 @@ def test_mbox_path_stays_under_the_template_directory():
 
 
 def test_check_config_command(tmp_path):
-    good = write(tmp_path, GOOD)
+    passwd = tmp_path / "passwd"
+    passwd.write_text("")
+    os.chmod(passwd, 0o640)
+    good = write(tmp_path, GOOD + textwrap.dedent(f"""\
+        pidfile: {tmp_path}/popd.pid
+        login_chroot: {tmp_path}/empty
+        auth: {{passwd_file: {passwd}}}
+        mail: {{state_dir: {tmp_path}/state}}
+        """))
     run = subprocess.run([sys.executable, "-m", "popd", "-c", str(good), "--check-config"],
                          capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stderr
+    if os.geteuid() == 0:
+        assert run.stdout == f"popd: {good}: configuration is valid\n"
+        passwd.unlink()
+        run = subprocess.run([sys.executable, "-m", "popd", "-c", str(good),
+                              "--check-config"], capture_output=True, text=True, cwd=REPO)
+        assert run.returncode == 1
+        assert run.stderr == f"popd: {passwd} (the passwd file): No such file or directory\n"
+    else:
+        assert run.stdout.endswith("files not checked (run as root to check them)\n")
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD + "limits: {max_per_ip: -1, idle_timeout: 'ten'}\n")
     run = subprocess.run([sys.executable, "-m", "popd", "-c", str(bad), "--check-config"],
