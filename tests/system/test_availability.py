@@ -3,6 +3,7 @@ its session child and deletes its lock file, guessers who push a real
 user's answer past the login deadline, a flood of unknown names filling
 the broker's counters.  Each attack runs against the real daemon, and each
 test ends by showing that other users are still served."""
+import ctypes
 import os
 import poplib
 import re
@@ -85,6 +86,55 @@ def test_a_stopped_session_with_its_lock_file_unlinked_cannot_hold_the_pool():
         assert c.stat()[0] == 1
         c.quit()
         served(d, "bob")
+
+
+PTRACE_SEIZE, PTRACE_INTERRUPT = 0x4206, 0x4207
+
+
+def freeze_with_ptrace(pid):
+    """Hold `pid` in a ptrace stop (state t, not T): a session that stops
+    making progress without being SIGSTOPped, as a hung one would."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    for request in (PTRACE_SEIZE, PTRACE_INTERRUPT):
+        if libc.ptrace(request, pid, None, None) != 0:
+            pytest.skip(f"ptrace not allowed here: {os.strerror(ctypes.get_errno())}")
+    os.waitpid(pid, WALL)                  # the tracee has entered the stop
+
+
+WALL = 0x40000000                          # waitpid's __WALL: tracees too
+
+
+def test_a_session_that_makes_no_progress_is_killed_after_the_idle_bound():
+    """The other half of the supervisor's bound: a child that is not
+    stopped but does nothing (here held in a ptrace stop by this test) is
+    killed once its context switches have not moved for idle_timeout plus
+    SESSION_STALL_GRACE; the maildrop is free again and others are served."""
+    idle = 10
+    with Daemon(limits={"idle_timeout": idle}) as d:
+        d.write_mbox("alice", b"From a@b Thu Nov 26 10:00:00 2026\nSubject: x\n\nhi\n")
+        c = login(d, "alice", "127.0.0.10")
+        (child,) = d.wait_for_pids("child session", 1)
+        freeze_with_ptrace(child)
+        frozen_at = time.monotonic()
+        assert status(child)["State"].startswith("t")
+        served(d, "bob")
+        bound = idle + limits.SESSION_STALL_GRACE + 2 * limits.SESSION_WATCH_INTERVAL + 2
+        while time.monotonic() - frozen_at < bound + 5:
+            # A tracer must collect its tracee's death before anyone else can.
+            if os.waitpid(child, os.WNOHANG | WALL)[0] == child:
+                break
+            time.sleep(0.1)
+        back = time.monotonic() - frozen_at
+        assert gone(child), "the frozen session still holds its slot"
+        print(f"frozen session's slot came back after {back:.1f} s (bound {bound:.0f} s)")
+        assert back <= bound
+        d.wait_for_log("reason=killed", timeout=5)
+        assert 'user="alice" (rip=127.0.0.10) no progress for' in d.log()
+        c.sock.close()
+        c = login(d, "alice", "127.0.0.30")
+        assert c.stat()[0] == 1
+        c.quit()
 
 
 def test_quit_and_log_in_again_at_once_is_not_in_use():
