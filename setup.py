@@ -27,6 +27,8 @@ setup(
         "python-daemon>=3.1.2,<4",
         "setproctitle>=1.3.3,<2",
         "PyYAML>=6.0.1,<7",
+        # The pam backend (popd/pam_auth.py says why this binding).
+        "pamela==1.2.0",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3",

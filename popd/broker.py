@@ -29,10 +29,10 @@ import selectors
 import signal
 import socket
 import time
-from collections import Counter
 
-from . import (admission, config, ipc, logsetup, passwd, privileges, process,
-               proctitle, throttle)
+from . import (accounts, admission, ipc, logsetup, mailpath, pam_auth, passwd,
+               privileges, process, proctitle, throttle)
+from .config import service_ids
 from .ipc import Channel, Role
 from .logsetup import log, sanitize
 
@@ -61,13 +61,19 @@ class SlotChannels:
 class Job:
     """One AUTH_REQUEST on its way through the queue and a worker."""
 
-    def __init__(self, chan, msg, entry, well_formed, delay):
+    def __init__(self, chan, msg, entry, well_formed, delay, refusal):
         self.chan = chan
         self.login = msg.authcid
         self.method = msg.method
         self.secret = msg.secret
         self.entry = entry
         self.well_formed = well_formed
+        self.refusal = refusal             # why a right password is still refused
+        # A refused account with no hash to check (locked, expired in
+        # /etc/shadow) is refused whatever the password; it still costs a
+        # dummy verification.
+        self.refused = bool(refusal and entry is not None and not entry.password
+                            and entry.source != "pam")
         self.arrived = time.monotonic()
         self.queued = 0.0                  # seconds spent waiting for a worker
         self.due = self.arrived + delay
@@ -108,43 +114,10 @@ class FairQueue:
         return None
 
 
-class PasswdSource:
-    """The passwd file, re-read when it changes (so an edit takes effect
-    without a restart).  A broken new version is logged and the previous
-    one keeps serving."""
-
-    def __init__(self, path):
-        self.path = path
-        self.stamp = None
-        self.entries = {}
-
-    def refresh(self):
-        try:
-            st = os.stat(self.path)
-        except OSError as e:
-            log.error("cannot stat %s as uid %d: %s", self.path, os.getuid(),
-                      e.strerror)
-            return False
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if stamp == self.stamp:
-            return False
-        try:
-            self.entries = passwd.load_passwd_file(self.path)
-        except (passwd.PasswdError, OSError) as e:
-            log.error("keeping the previous passwd data: %s", e)
-            return False
-        self.stamp = stamp
-        return True
-
-    def default_scheme(self):
-        """The commonest scheme in the file: unknown users are checked
-        against a dummy hash of it, so they cost what a wrong password
-        costs."""
-        schemes = Counter(passwd.scheme_of(e.password)
-                          for e in self.entries.values())
-        # max() rather than most_common(): that one imports heapq lazily,
-        # and after the privilege drop imports may fail.
-        return max(schemes, key=schemes.__getitem__) if schemes else "SHA512-CRYPT"
+def broker_groups(cfg):
+    """The broker's supplementary groups: the shadow group for the system
+    and pam backends, nothing otherwise."""
+    return () if cfg.auth.shadow_group is None else (cfg.auth.shadow_group,)
 
 
 def worker_main(cfg, sock, verifier):
@@ -153,7 +126,7 @@ def worker_main(cfg, sock, verifier):
     logsetup.setup(cfg.logging)
     proctitle.set_title(proctitle.BROKER_WORKER)
     if os.geteuid() == 0:
-        privileges.drop_to(cfg.broker_user, cfg.broker_group)
+        privileges.drop_to(cfg.broker_user, cfg.broker_group, groups=broker_groups(cfg))
     privileges.limit_memory(cfg.limits.broker_memory)
     # After the drop: a credential change clears the parent-death signal.
     privileges.die_with_parent(signal.SIGKILL)
@@ -164,7 +137,14 @@ def worker_main(cfg, sock, verifier):
             msg = ipc.recv(sock, Channel.BROKER_WORKER, Role.WORKER)
         except (ipc.Closed, ipc.Violation):
             return
-        entry = passwd.PasswdEntry("", msg.stored, 0, 0, "")
+        if msg.name == "VERIFY_PAM":
+            ipc.send(sock, "VERIFIED", job=msg.job,
+                     ok=pam_auth.check(cfg.auth.pam_service, msg.login, msg.secret))
+            continue
+        # The broker sends only hashes it loaded, weak ones only where
+        # auth.allow_weak_schemes let them load.
+        entry = passwd.PasswdEntry("", msg.stored, 0, 0, "",
+                                   weak=cfg.auth.allow_weak_schemes)
         ok = verifier.verify(entry, msg.secret)
         ipc.send(sock, "VERIFIED", job=msg.job, ok=int(ok))
 
@@ -176,9 +156,9 @@ class Broker:
         self.slots = {}
         self.sel = selectors.DefaultSelector()
         self.sel.register(sup, selectors.EVENT_READ, ("supervisor", None))
-        self.passwd = PasswdSource(cfg.auth.passwd_file)
+        self.accounts = accounts.Accounts(cfg.auth)
         self.verifier = passwd.Verifier(default_scheme="SHA512-CRYPT")
-        self.service_uids, self.service_gids = config.service_ids(cfg)
+        self.service_uids, self.service_gids = service_ids(cfg)
         lim = cfg.limits
         self.throttle = throttle.Throttle(lim.auth_failure_window, lim.auth_delay_min,
                                           lim.auth_delay_max,
@@ -224,6 +204,12 @@ class Broker:
             return
         self.workers[sock] = None
         good = bool(msg.ok) and job.entry is not None and job.well_formed
+        if good and msg.ok == pam_auth.REFUSED:
+            job.refusal = job.refusal or "refused by PAM account management (pam_acct_mgmt)"
+        if good and job.refusal:
+            # The right password of an account that may not log in: the
+            # client hears what a wrong one hears; the log says why.
+            job.refused, good = True, False
         self.answer_later(job, good)
         self.dispatch()
 
@@ -237,16 +223,30 @@ class Broker:
             if job.chan.closed:
                 continue
             job_id, self.next_job = self.next_job, self.next_job % 0xFFFFFFFF + 1
-            entry = job.entry or self.verifier.dummy_entry()
+            # No entry, or one with no hash to check (a locked or expired
+            # shadow entry): the broker's dummy, whose cost follows the
+            # accounts (a worker's own copy is from before they loaded).
+            stored = (job.entry and job.entry.password) or self.verifier.dummy_entry().password
             try:
-                ipc.send(sock, "VERIFY", job=job_id, stored=entry.password,
-                         secret=job.secret)
+                if self.uses_pam(job):
+                    ipc.send(sock, "VERIFY_PAM", job=job_id, login=job.login,
+                             secret=job.secret)
+                else:
+                    ipc.send(sock, "VERIFY", job=job_id, stored=stored,
+                             secret=job.secret)
             except OSError:
                 self.answer_later(job, None)
                 continue
             self.jobs[job_id] = job
             self.workers[sock] = job_id
             job.queued = time.monotonic() - job.arrived
+
+    def uses_pam(self, job):
+        """PAM checks its own accounts, and every login no earlier backend
+        knew (unknown users then cost what PAM makes them cost)."""
+        if job.entry is not None:
+            return job.entry.source == "pam"
+        return job.well_formed and "pam" in self.cfg.auth.backend
 
     def stop_workers(self):
         for sock in list(self.workers):
@@ -339,12 +339,13 @@ class Broker:
         if chan.state is not ChannelState.BOUND:
             self.close_slot(chan, f"{msg.name} in state {chan.state.value}")
             return
-        self.refresh_passwd()
+        self.refresh_accounts()
         login = msg.authcid
         well_formed = passwd.valid_login(login) and msg.authzid in ("", login)
-        entry = self.passwd.entries.get(login) if well_formed else None
+        entry = self.accounts.lookup(login) if well_formed else None
+        refusal = entry and accounts.refusal(entry, chan.peer_ip, self.cfg.auth.deny_shells)
         job = Job(chan, msg, entry, well_formed,
-                  self.throttle.delay(login, chan.address))
+                  self.throttle.delay(login, chan.address), refusal)
         chan.state = ChannelState.WAITING
         suspect = self.throttle.suspect(chan.address, job.arrived)
         if not self.queue.push(chan.address, job, suspect):
@@ -354,13 +355,13 @@ class Broker:
             return
         self.dispatch()
 
-    def refresh_passwd(self):
-        """Re-read a changed passwd file; dummy hashes then follow the
-        schemes and costs it uses, so unknown users cost what known ones
-        do."""
-        if self.passwd.refresh():
-            self.verifier.warm_up(self.passwd.entries.values())
-            self.verifier.default_scheme = self.passwd.default_scheme()
+    def refresh_accounts(self):
+        """Re-read a changed passwd or shadow file; dummy hashes then follow
+        the schemes and costs they use, so unknown users cost what known
+        ones do."""
+        if self.accounts.refresh():
+            self.verifier.warm_up(self.accounts.known_hashes())
+            self.verifier.default_scheme = self.accounts.default_scheme()
 
     def answer_later(self, job, good):
         """Record a failure now (so the next attempt sees it), answer when
@@ -399,7 +400,12 @@ class Broker:
 
     def refuse(self, chan, job):
         chan.failures += 1
-        reason = ("password-mismatch" if job.entry else
+        if job.refused:
+            log.warning('auth refused: rip=%s, user="%s", source=%s: %s',
+                        chan.peer_ip, sanitize(job.login, 64), job.entry.source,
+                        sanitize(job.refusal, 200))
+        reason = ("account-refused" if job.refused else
+                  "password-mismatch" if job.entry else
                   "unknown-user" if job.well_formed else "bad-name")
         log.warning('auth failed: rip=%s, method=%s, attempt=%d, reason=%s, '
                     'user="%s"', chan.peer_ip, job.method, chan.failures, reason,
@@ -412,10 +418,14 @@ class Broker:
     def grant(self, chan, job):
         entry = job.entry
         problem = self.grant_problem(entry)
-        mbox = config.mbox_path(self.cfg.mail.mbox, job.login)
-        if problem or mbox is None:
+        mbox = None
+        try:
+            mbox = mailpath.expand(entry.mail or self.cfg.mail.mbox, job.login, entry.home)
+        except ValueError as e:
+            problem = problem or f"no mailbox path: {e}"
+        if problem:
             log.error('refusing login for user="%s": %s', sanitize(job.login, 64),
-                      problem or "mailbox path leaves the template directory")
+                      sanitize(problem, 300))
             self.send_front(chan, "AUTH_FAIL", code="SYS/PERM", final=1)
             self.close_front(chan)
             return
@@ -432,6 +442,10 @@ class Broker:
         log.info('login: rip=%s, method=%s, queued=%.3f, user="%s", uid=%d',
                  chan.peer_ip, job.method, job.queued, sanitize(job.login, 64),
                  entry.uid)
+        if entry.weak:
+            log.warning('user="%s" logged in with a weak %s hash in %s: re-hash it '
+                        'with popd-passwd', sanitize(job.login, 64),
+                        passwd.scheme_of(entry.password, True), self.cfg.auth.passwd_file)
         self.send_front(chan, "AUTH_OK")
 
     def answer_login_done(self, chan):
@@ -499,16 +513,15 @@ def run(cfg, sup_sock):
     broker.verifier.warm_up()
     for _ in range(cfg.limits.auth_workers):
         broker.spawn_worker()
-    privileges.drop_to(cfg.broker_user, cfg.broker_group)
+    privileges.drop_to(cfg.broker_user, cfg.broker_group, groups=broker_groups(cfg))
     # Its tables are bounded (throttle.py, FairQueue); this bounds the
     # rest, whatever unauthenticated clients make it hold.
     privileges.limit_memory(cfg.limits.broker_memory)
-    broker.refresh_passwd()
-    if broker.passwd.stamp is None:
-        log.error("auth broker: cannot use %s as uid %d; make it readable by "
-                  "broker_group (chgrp %d %s; chmod 0640 %s)",
-                  cfg.auth.passwd_file, cfg.broker_user, cfg.broker_group,
-                  cfg.auth.passwd_file, cfg.auth.passwd_file)
+    broker.refresh_accounts()
+    problems = broker.accounts.problems()
+    if problems:
+        for problem in problems:
+            log.error("auth broker: %s", problem)
         raise SystemExit(1)
     ipc.send(sup_sock, "BROKER_READY")
     broker.run()

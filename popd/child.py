@@ -26,7 +26,8 @@ import signal
 import socket
 import time
 
-from . import config, front, ipc, limits, locking, logsetup, privileges, process, proctitle
+from . import (config, front, ipc, limits, locking, logsetup, mailpath, privileges, process,
+               proctitle)
 from .ipc import Channel, Role
 from .logsetup import log
 from .maildrop import MailboxError, Maildrop
@@ -136,8 +137,12 @@ class Child:
                 state_uid = msg.uid
         if state_uid != grant.uid:
             raise ipc.Violation("state directory for another uid")
-        if config.mbox_path(self.cfg.mail.mbox, grant.login) != grant.mbox:
-            raise ipc.Violation("GRANT names a mailbox the template does not")
+        # The broker expanded the template with the account's home or its
+        # own userdb_mail (mailpath.py); here only the form is checked, and
+        # the file is opened only if the granted uid owns it.
+        if not mailpath.well_formed(grant.mbox):
+            raise ipc.Violation("GRANT names a mailbox path that is not absolute "
+                                "and normalised")
         return grant
 
     def from_front(self, expect):

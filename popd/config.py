@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
-from . import limits
+from . import limits, mailpath
 from .tls import MOZILLA_INTERMEDIATE_CIPHERS
 
 try:                                    # libyaml is in the PyYAML wheels
@@ -86,19 +86,13 @@ absolute_path.doc = "absolute path"
 
 
 def mbox_template(v):
-    """`/var/mail/%u`: `%u` is the login name, `%%` a percent sign."""
-    absolute_path(v)
-    rest = v.replace("%%", "")
-    if "%u" not in rest:
-        raise Problem(f"{v!r} does not contain %u (the login name)")
-    if "%" in rest.replace("%u", ""):
-        raise Problem(f"{v!r} has an unknown % sequence; allowed: %u, %%")
-    if "/" not in v[:v.index("%")].lstrip("/"):
-        # The part before the first % must name a directory other than /,
-        # so that every built path stays under it.
-        raise Problem(f"{v!r} must start with a directory, e.g. /var/mail/%u")
+    """`/var/mail/%u`, `~/mbox`, `/srv/mail/%d/%n` (mailpath.py)."""
+    try:
+        mailpath.check_template(v)
+    except ValueError as e:
+        raise Problem(str(e)) from None
     return v
-mbox_template.doc = "absolute path containing %u"
+mbox_template.doc = "path template: /..., ~/... or %h/..., with %u, %n, %d, %h, %%"
 
 
 def _principal(lookup, kind):
@@ -131,6 +125,42 @@ def optional(check):
         return None if v is None else check(v)
     optional_check.doc = f"{check.doc}, or null"
     return optional_check
+
+BACKENDS = ("passwd-file", "system", "pam")
+
+
+def backend_list(v):
+    """Account sources tried in order, each at most once."""
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise Problem(f"{v!r} is not a non-empty list; allowed: {', '.join(BACKENDS)}")
+    for item in v:
+        if item not in BACKENDS:
+            raise Problem(f"{item!r} is not a backend; allowed: {', '.join(BACKENDS)}")
+    if len(set(v)) != len(v):
+        raise Problem(f"{v!r} names a backend twice")
+    return tuple(v)
+backend_list.doc = "list of passwd-file | system | pam, tried in order"
+
+
+def path_list(v):
+    if not isinstance(v, list):
+        raise Problem(f"{v!r} is not a list of absolute paths")
+    for item in v:
+        absolute_path(item)
+    return tuple(v)
+path_list.doc = "list of absolute paths"
+
+
+def pam_service(v):
+    """A file name in /etc/pam.d."""
+    if (not isinstance(v, str) or not v or not v.isascii() or "/" in v
+            or v.startswith(".") or not all(c.isalnum() or c in "-_." for c in v)):
+        raise Problem(f"{v!r} is not a PAM service name (a file in /etc/pam.d)")
+    return v
+pam_service.doc = "PAM service name"
+
 
 LISTEN_FIELDS = {"address", "port", "tls", "backlog"}
 # listen(2) backlog: connections the kernel completes before popd accepts
@@ -233,8 +263,25 @@ KEYS = [
     Key("implementation", optional(announce), None,
         "Text announced as CAPA IMPLEMENTATION (e.g. popd); unset: not "
         "announced, so no version string reaches the network."),
+    Key("auth.backend", backend_list, ["passwd-file"],
+        "Where accounts come from, tried in order (the first that knows "
+        "the login decides): passwd-file (auth.passwd_file), system (the "
+        "name service and /etc/shadow), pam (auth.pam_service)."),
     Key("auth.passwd_file", absolute_path, "/etc/popd/passwd",
         "Dovecot-format passwd-file: user:{SCHEME}hash:uid:gid::home::"),
+    Key("auth.allow_weak_schemes", boolean, False,
+        "Accept Dovecot's legacy schemes (PLAIN, MD5-CRYPT, CRYPT, SSHA, "
+        "SHA512...) in the passwd file; each login with one logs that the "
+        "entry needs re-hashing.  false: such a line is refused (logged)."),
+    Key("auth.deny_shells", path_list, [],
+        "Accounts whose shell is one of these may not log in (e.g. "
+        "/usr/sbin/nologin).  Empty: the shell is not checked."),
+    Key("auth.shadow_group", optional(group_id), None,
+        "Group that can read /etc/shadow, given to the broker and its "
+        "workers alone (system and pam backends).  Unset: the group that "
+        "owns /etc/shadow (Debian: shadow)."),
+    Key("auth.pam_service", pam_service, "popd",
+        "PAM service (/etc/pam.d/<name>) of the pam backend."),
     Key("auth.plaintext", choice("tls-only", "always"), "tls-only",
         "Where USER/PASS and AUTH PLAIN are accepted: tls-only (after STLS "
         "or on implicit TLS) or always (cleartext too)."),
@@ -411,10 +458,39 @@ def load(path):
             problems.append(f"{path}: {key.name}: default {key.default!r}: {e}"
                             f" (set {key.name} explicitly)")
     if not problems:
+        problems += [f"{path}: {p}" for p in _resolve_shadow_group(values)]
+    if not problems:
         problems += [f"{path}: {p}" for p in _cross_checks(values)]
     if problems:
         raise ConfigError(problems)
     return _namespace(values, path)
+
+
+SHADOW = "/etc/shadow"
+
+
+def _resolve_shadow_group(v):
+    """The system and pam backends read /etc/shadow through a group the
+    broker alone gets: unset means the file's own group."""
+    if not {"system", "pam"} & set(v["auth.backend"]):
+        v["auth.shadow_group"] = None
+        return []
+    if v["auth.shadow_group"] is None:
+        try:
+            v["auth.shadow_group"] = os.stat(SHADOW).st_gid
+        except OSError as e:
+            return [f"auth.shadow_group: unset, and {SHADOW}: {e.strerror}; "
+                    f"name the group that can read the shadow file"]
+    if v["auth.shadow_group"] == 0:
+        return [f"auth.shadow_group: {SHADOW} belongs to group 0; the system and "
+                f"pam backends need a group that reads it (Debian: shadow, mode "
+                f"0640); run: chgrp shadow {SHADOW} && chmod 0640 {SHADOW}, or set "
+                f"auth.shadow_group"]
+    for name in ("group", "login_group", "mail.dotlock_group"):
+        if v[name] == v["auth.shadow_group"]:
+            return [f"auth.shadow_group: {v['auth.shadow_group']} is also {name}; "
+                    f"only the broker may read password hashes"]
+    return []
 
 
 def _cross_checks(v):
@@ -475,19 +551,6 @@ def value(cfg, name):
 def set_value(cfg, name, new):
     section, _, leaf = name.rpartition(".")
     setattr(value(cfg, section) if section else cfg, leaf, new)
-
-
-def mbox_path(template, login):
-    """The mailbox path for a login, or None if it would leave the
-    template's directory.  Built by the broker and rebuilt by the child,
-    which refuses a grant whose path differs."""
-    if not login or "/" in login or "\0" in login or login.startswith("."):
-        return None
-    path = template.replace("%%", "\0").replace("%u", login).replace("\0", "%")
-    base = template[:template.index("%")].rsplit("/", 1)[0]
-    if os.path.normpath(path) != path or not path.startswith(base + "/"):
-        return None
-    return path
 
 
 def service_ids(cfg):

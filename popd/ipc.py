@@ -135,6 +135,11 @@ MESSAGES = [
     # broker <-> its hashing workers: one verification at a time
     Spec("VERIFY", 24, _C.BROKER_WORKER, _R.BROKER,
          (("job", U32), ("stored", STR(1024)), ("secret", BYTES(limits.MAX_SECRET)))),
+    # The pam backend: the worker asks PAM; ok 2 = right password, but
+    # pam_acct_mgmt refused the account (expired, locked...).
+    Spec("VERIFY_PAM", 28, _C.BROKER_WORKER, _R.BROKER,
+         (("job", U32), ("login", STR(limits.MAX_LOGIN)),
+          ("secret", BYTES(limits.MAX_SECRET)))),
     Spec("VERIFIED", 25, _C.BROKER_WORKER, _R.WORKER, (("job", U32), ("ok", U32))),
     # child <-> front
     Spec("CLIENT", 17, _C.CHILD_FRONT, _R.CHILD,

@@ -14,7 +14,7 @@ weak_hashes.py and pass only with `auth.allow_weak_schemes`.
 
 A bad line in a passwd file refuses that line only (read_entries reports
 it with its line number); popd-passwd, which rewrites files, still wants
-every line good (parse_passwd).
+every line good (parse_passwd), weak ones included.
 """
 import ipaddress
 import os
@@ -26,7 +26,7 @@ from typing import Iterable, NamedTuple
 
 from passlib.context import CryptContext
 
-from . import libcrypt, weak_hashes
+from . import libcrypt, mailpath, weak_hashes
 from .limits import MAX_LOGIN
 
 # A passwd-file with a million users is about 150 MB of argon2 lines; sites
@@ -145,6 +145,7 @@ class PasswdEntry(NamedTuple):
     allow_nets: tuple = ()             # ip_network objects; () = anywhere
     mail: str | None = None            # an mbox path template of its own
     weak: bool = False                 # a legacy scheme, allowed by config
+    source: str = "passwd-file"        # the backend that knows it (accounts.py)
 
 
 class PasswdError(Exception):
@@ -300,6 +301,7 @@ def _userdb_mail(value: str) -> str | None:
         raise ValueError(f"userdb_mail={value!r}: popd serves mbox only")
     for part in rest.split(":")[1:]:
         if part.upper().startswith("INBOX="):
+            mailpath.check_template(part[6:], shared=False)
             return part[6:]
     return None
 
@@ -390,8 +392,9 @@ def _parse_line(raw: bytes, lineno: int, path: str, allow_weak: bool,
 
 def parse_passwd(data: bytes, path: str) -> dict[str, PasswdEntry]:
     """Every line good or PasswdError for the first bad one: for tools that
-    rewrite the file (popd-passwd), which must not drop a line."""
-    entries, refused, _ = read_entries(data, path)
+    rewrite the file (popd-passwd), which must not drop a line.  Weak
+    schemes are kept (entry.weak), so that they can be re-hashed."""
+    entries, refused, _ = read_entries(data, path, allow_weak=True)
     if refused:
         raise refused[0]
     return entries

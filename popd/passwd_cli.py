@@ -391,7 +391,7 @@ def _passwd(args: argparse.Namespace) -> int:
     if scheme is None:
         # A file of one scheme keeps it: a user whose hash costs less or
         # more than the rest can be told apart by timing (passwd.Verifier).
-        current = passwd.scheme_of(entry.password)
+        current = passwd.scheme_of(entry.password, entry.weak)
         scheme = current if current in passwd.WRITABLE else DEFAULT_SCHEME
     password = _read_password(args.stdin, confirm=True)
     stored = passwd.make_hash(password, scheme, args.rounds)
@@ -420,7 +420,7 @@ def _list(args: argparse.Namespace) -> int:
     # split it; `column -t` aligns it.
     for entry in passwd.load_passwd_file(args.file).values():
         print(entry.login, entry.uid, entry.gid,
-              passwd.scheme_of(entry.password))
+              passwd.scheme_of(entry.password, entry.weak))
     sys.stdout.flush()      # a closed pipe shows here, not at exit
     return 0
 
@@ -431,7 +431,7 @@ def _verify(args: argparse.Namespace) -> int:
     entries = passwd.load_passwd_file(args.file)
     password = _read_password(args.stdin, confirm=False)
     entry = entries.get(args.login)
-    scheme = passwd.scheme_of(entry.password) if entry else DEFAULT_SCHEME
+    scheme = passwd.scheme_of(entry.password, entry.weak) if entry else DEFAULT_SCHEME
     verifier = passwd.Verifier(default_scheme=scheme)
     # One scheme is enough here: this process checks one password.
     verifier.warm_up(entries.values(), schemes=[scheme])

@@ -139,23 +139,25 @@ def drop_bounding(keep):
             _prctl(_PR_CAPBSET_DROP, cap)
 
 
-def drop_to(uid, gid, keep=0):
-    """From root to uid/gid with no groups, keeping only `keep` in the
-    permitted and bounding sets (never effective).  Used by the broker and
-    the front (keep=0) and by the child (keep=SETUID|SETGID)."""
+def drop_to(uid, gid, keep=0, groups=()):
+    """From root to uid/gid with no supplementary groups but `groups`,
+    keeping only `keep` in the permitted and bounding sets (never
+    effective).  Used by the broker (keep=0, groups: the shadow group when
+    it reads /etc/shadow), the front (keep=0) and the child
+    (keep=SETUID|SETGID)."""
     if os.geteuid() != 0:
         raise PrivilegeError("drop_to must start as root")
     if uid == 0 or gid == 0:
         raise PrivilegeError(f"refusing to drop to uid {uid} gid {gid}")
     drop_bounding(keep)                        # needs CAP_SETPCAP: still root
-    os.setgroups([])
+    os.setgroups(sorted(set(groups)))
     _prctl(_PR_SET_KEEPCAPS, 1 if keep else 0)
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     _prctl(_PR_SET_KEEPCAPS, 0)
     capset(0, keep)
     harden()
-    check(uid, gid, permitted=keep, bounding=keep)
+    check(uid, gid, permitted=keep, bounding=keep, groups=groups)
 
 
 def sandbox_front(root, uid, gid):
@@ -207,14 +209,14 @@ def limit_memory(max_memory_mib):
     resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
 
-def check(uid, gid, permitted, bounding):
-    """Raise unless the process is exactly uid/gid, no groups, the given
+def check(uid, gid, permitted, bounding, groups=()):
+    """Raise unless the process is exactly uid/gid, no groups but `groups`, the given
     permitted/bounding sets, nothing effective, no_new_privs, not dumpable."""
     eff, prm, inh = capget()
     facts = {
         "uids": (os.getresuid(), (uid, uid, uid)),
         "gids": (os.getresgid(), (gid, gid, gid)),
-        "groups": (os.getgroups(), []),
+        "groups": (sorted(os.getgroups()), sorted(set(groups))),
         "effective": (eff, 0),
         "permitted": (prm, permitted),
         "inheritable": (inh, 0),

@@ -21,8 +21,9 @@ def problems(cfg, create=True):
         trusted_files.root_directory(cfg.login_chroot, 0o755, must_be_empty=True,
                                      create=create),
         trusted_files.trusted_file(cfg.path, "the configuration", readable_by_others=True),
-        trusted_files.trusted_file(cfg.auth.passwd_file, "the passwd file",
-                                   readable_by_others=False, group=cfg.broker_group),
+        "passwd-file" in cfg.auth.backend and trusted_files.trusted_file(
+            cfg.auth.passwd_file, "the passwd file", readable_by_others=False,
+            group=cfg.broker_group),
         trusted_files.spool_directory(cfg.mail.mbox),
     ]
     if not create:

@@ -102,11 +102,11 @@ def trusted_file(path, what, readable_by_others, group=None):
 
 
 def spool_directory(template):
-    """For a spool template like /var/mail/%u: the spool must not be
+    """For a spool template like /var/mail/%u (mailpath.py): the spool must not be
     writable by everyone without the sticky bit (anyone could then replace
     anyone's mailbox).  Debian's 2775 root:mail is fine."""
-    if "/" in template[template.index("%u"):]:
-        return None                        # e.g. /home/%u/mbox: per-user dirs
+    if template.startswith(("~", "%h")) or "/" in template[template.index("%"):]:
+        return None                        # e.g. ~/mbox, /home/%u/mbox: per-user dirs
     directory = os.path.dirname(template)
     try:
         st = os.stat(directory)

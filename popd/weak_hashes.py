@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 
 from . import libcrypt
 
@@ -31,6 +32,8 @@ _CLEARTEXT = ("PLAIN", "CLEAR", "CLEARTEXT")
 # crypt(3) forms, verified through libcrypt (its self-test decides).
 _CRYPT = {"MD5-CRYPT": "$1$", "DES-CRYPT": "des"}
 SCHEMES = frozenset(_DIGESTS) | frozenset(_CLEARTEXT) | frozenset(_CRYPT)
+_CRYPT_FORMS = {"MD5-CRYPT": re.compile(r"\$1\$[./0-9A-Za-z]{0,8}\$[./0-9A-Za-z]{22}"),
+                "DES-CRYPT": re.compile(r"[./0-9A-Za-z]{13}")}
 _ENCODINGS = {"HEX": "hex", "B64": "b64", "BASE64": "b64"}
 
 
@@ -56,6 +59,8 @@ def check_form(scheme, body, encoding=None):
         if _CRYPT[scheme] not in libcrypt.WORKING:
             raise ValueError(f"{scheme} cannot be verified here: the system's "
                              f"libcrypt does not support it")
+        if not _CRYPT_FORMS[scheme].fullmatch(body):
+            raise ValueError(f"malformed {scheme} hash")
         return
     digest, salted, default = _DIGESTS[scheme]
     try:

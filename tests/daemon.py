@@ -44,10 +44,13 @@ class Daemon:
     key_type = "ecdsa"          # trustme's default; the benchmark uses RSA like its anchor
 
     def __init__(self, limits=None, users=USERS, extra=None, listen_host="127.0.0.1",
-                 tls=False, plaintext=None, schemes=None):
+                 tls=False, plaintext=None, schemes=None, wrap=()):
         """tls=True: `port` is a STARTTLS listener and `tls_port` an implicit
         TLS one, with a trustme certificate for localhost/127.0.0.1 (CA in
-        `ca_file`); plaintext defaults to tls-only then, else to always."""
+        `ca_file`); plaintext defaults to tls-only then, else to always.
+        `wrap`: a command popd runs under (e.g. unshare and mounts), which
+        must exec it so that the pid stays the supervisor's."""
+        self.wrap = list(wrap)
         self.base = Path(tempfile.mkdtemp(prefix="popd-test-", dir="/tmp"))
         os.chmod(self.base, 0o755)
         self.spool = self.base / "spool"
@@ -145,7 +148,7 @@ class Daemon:
             self.proc = Detached(int(self.pidfile.read_text()))
             return self
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "popd", "-c", str(self.config), "-f"],
+            [*self.wrap, sys.executable, "-m", "popd", "-c", str(self.config), "-f"],
             stdin=subprocess.DEVNULL, stdout=self.log_fh, stderr=self.log_fh,
             cwd=REPO, start_new_session=True)
         if wait:
@@ -156,7 +159,7 @@ class Daemon:
         """Run `popd` without -f and wait for the launcher (not the daemon):
         with logging.target: stderr the daemon keeps the launcher's stderr,
         so capture it with a pipe only when the daemon is bound to fail."""
-        return subprocess.run([sys.executable, "-m", "popd", "-c", str(self.config)],
+        return subprocess.run([*self.wrap, sys.executable, "-m", "popd", "-c", str(self.config)],
                               stdin=subprocess.DEVNULL, cwd=REPO, timeout=timeout, **kw)
 
     def wait_for_log(self, text, timeout=10.0, count=1):

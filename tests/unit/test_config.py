@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from popd import config
+from popd import config, mailpath
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = textwrap.dedent("""\
@@ -51,8 +51,14 @@ def test_duplicate_key_is_an_error(tmp_path):
     ("limits: {frobnicate: 1}", "limits.frobnicate: unknown key"),
     ("logging: {target: file}", "logging.target: 'file' is not allowed; allowed: stderr, syslog"),
     ("logging: {verbose_proctitle: 'no'}", "logging.verbose_proctitle: 'no' is not a boolean"),
-    ("mail: {mbox: /var/mail/user}", "mail.mbox: '/var/mail/user' does not contain %u"),
-    ("mail: {mbox: var/%u}", "mail.mbox: 'var/%u' is not an absolute path"),
+    ("mail: {mbox: /var/mail/user}", "mail.mbox: '/var/mail/user' does not name a per-user"),
+    ("mail: {mbox: var/%u}", "mail.mbox: 'var/%u' is not absolute (start with /, ~/ or %h/)"),
+    ("mail: {mbox: /var/mail/%x}", "mail.mbox: '/var/mail/%x' has an unknown % sequence"),
+    ("mail: {mbox: /var/mail/%h}", "%h and ~ may only start the path"),
+    ("auth: {backend: [passwd-file, ldap]}", "auth.backend: 'ldap' is not a backend"),
+    ("auth: {backend: [system, system]}", "names a backend twice"),
+    ("auth: {deny_shells: [nologin]}", "auth.deny_shells: 'nologin' is not an absolute path"),
+    ("auth: {pam_service: ../etc/shadow}", "is not a PAM service name"),
     ("auth: {passwd_file: /etc/../etc/passwd}", "is not a normalised path"),
     ("limits: {spare_children: 100, max_children: 10}", "limits.spare_children: 100 is more than"),
 ])
@@ -88,10 +94,22 @@ def test_root_and_shared_identities_are_refused(tmp_path):
 
 
 def test_mbox_path_stays_under_the_template_directory():
-    assert config.mbox_path("/var/mail/%u", "alice") == "/var/mail/alice"
-    assert config.mbox_path("/home/%u/mbox", "bob") == "/home/bob/mbox"
+    assert mailpath.expand("/var/mail/%u", "alice") == "/var/mail/alice"
+    assert mailpath.expand("/home/%u/mbox", "bob") == "/home/bob/mbox"
+    assert mailpath.expand("~/mail/inbox", "bob", "/home/bob") == "/home/bob/mail/inbox"
+    assert mailpath.expand("%h/mbox", "bob", "/srv/b") == "/srv/b/mbox"
+    assert mailpath.expand("/srv/mail/%d/%n", "bob@example.org") == "/srv/mail/example.org/bob"
+    assert mailpath.expand("/var/mail/%n", "bob@example.org") == "/var/mail/bob"
+    assert mailpath.expand("/var/mail/%u%%", "bob") == "/var/mail/bob%"
     for bad in ("../etc", ".hidden", "a/b", "", "x\0y", ".."):
-        assert config.mbox_path("/var/mail/%u", bad) is None
+        with pytest.raises(ValueError):
+            mailpath.expand("/var/mail/%u", bad)
+    for template, login, home in (("/srv/%d/%n", "bob", ""), ("/srv/%d/%n", "bob@.x", ""),
+                                  ("/srv/%d/%n", "..@x", ""), ("~/mbox", "bob", ""),
+                                  ("~/mbox", "bob", "/"), ("~/mbox", "bob", "/home/../etc"),
+                                  ("%h/mbox", "bob", "home/bob"), ("~/mbox", "bob", "/a\0b")):
+        with pytest.raises(ValueError):
+            mailpath.expand(template, login, home)
 
 
 def test_check_config_command(tmp_path):

@@ -358,3 +358,20 @@ def test_every_option_and_subcommand_has_help():
         done = run(name, "--help")
         assert done.returncode == 0 and done.stderr == ""
         assert done.stdout.startswith(f"usage: popd-passwd {name} ")
+
+
+def test_passwd_rehashes_a_weak_entry_that_popd_warned_about(tmp_path):
+    """The broker's warning for a weak login says: re-hash it with
+    popd-passwd.  So the tool reads such a file, lists the scheme, and
+    `passwd` replaces the weak hash with a strong one."""
+    path = tmp_path / "passwd"
+    path.write_text(f"old:{{PLAIN}}plain pw:1001:1001::/home/old::\nalice:{SHA512}:1002:1002\n")
+    listed = run("list", "--file", str(path))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0] == "old 1001 1001 PLAIN"
+    done = run("passwd", "--stdin", "--scheme", "SHA512-CRYPT", "--rounds", "1000",
+               "--file", str(path), "old", stdin="new strong pw\n")
+    assert done.returncode == 0, done.stderr
+    entry = passwd.parse_passwd(path.read_bytes(), "pw")["old"]
+    assert entry.weak is False and passwd.scheme_of(entry.password) == "SHA512-CRYPT"
+    assert path.read_text().splitlines()[1] == f"alice:{SHA512}:1002:1002"

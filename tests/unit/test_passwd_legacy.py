@@ -85,8 +85,9 @@ def test_one_bad_line_refuses_that_line_only():
     assert "weak" in lines[0] and "cannot be verified" in lines[1]
     assert "uid of 'baduid'" in lines[2] and "duplicate user 'good'" in lines[3]
     assert all("secret" not in line and "e02d374f" not in line for line in lines)
-    with pytest.raises(passwd.PasswdError, match="line 3"):
-        passwd.parse_passwd(data, "/etc/popd/passwd")     # popd-passwd stays strict
+    # popd-passwd stays strict, but keeps the weak line so it can re-hash it.
+    with pytest.raises(passwd.PasswdError, match="line 4"):
+        passwd.parse_passwd(data, "/etc/popd/passwd")
 
 
 def test_extra_fields_are_honoured_or_reported():
