@@ -143,6 +143,41 @@ def test_dry_run_changes_nothing_and_announces_exactly_the_real_run(scratch):
     assert len(would) > 10
 
 
+@pytest.mark.parametrize("backend", ["system", "pam"])
+def test_setup_for_host_accounts_checks_shadow_and_installs_the_pam_service(scratch, backend):
+    """--backend system|pam: /etc/shadow must have a group that reads it
+    (popd hands that group to its broker); pam installs /etc/pam.d/popd;
+    a new popd.yaml gets the backend; --dry-run announces all of it."""
+    shadow = scratch / "etc/shadow"
+    os.chmod(shadow, 0o640)                    # root:root: refused, nothing done
+    refused = run_setup(scratch, "--backend", backend)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        f"popd-setup: {shadow} (0:0 640) has group root: the {backend} backend needs a "
+        f"group that reads it; run: groupadd -r shadow && chgrp shadow {shadow} && "
+        f"chmod 0640 {shadow}"]
+    os.chown(shadow, 0, 42)
+    before = listing(scratch)
+    dry = run_setup(scratch, "--backend", backend, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert listing(scratch) == before
+    real = run_setup(scratch, "--backend", backend)
+    assert real.returncode == 0, real.stderr
+    assert [line.replace("popd-setup: would ", "popd-setup: ")
+            for line in dry.stdout.splitlines()[:-1]] == real.stdout.splitlines()[:-1]
+    assert f"install {scratch}/etc/popd.yaml from" in real.stdout
+    data = yaml.safe_load((scratch / "etc/popd.yaml").read_text())
+    assert data["auth"]["backend"] == [backend]
+    pam_file = scratch / "etc/pam.d/popd"
+    if backend == "pam":
+        assert pam_file.read_bytes() == (REPO / "etc/pam.d/popd").read_bytes()
+        assert owner_mode(pam_file) == (0, 0, 0o644)
+    else:
+        assert not pam_file.exists()
+    again = run_setup(scratch, "--backend", backend)
+    assert again.returncode == 0 and "nothing to change" in again.stdout, again.stdout
+
+
 def test_setup_repairs_owners_and_modes_and_refuses_symlinks(scratch):
     assert run_setup(scratch).returncode == 0
     os.chmod(scratch / "etc/popd", 0o755)
