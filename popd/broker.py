@@ -266,6 +266,8 @@ class Broker:
             # front's first request, and must be seen before it.
             events.sort(key=lambda e: e[0].data[0] != "supervisor")
             for key, _ in events:
+                if self.sel.get_map().get(key.fd) is not key:
+                    continue               # closed by an earlier event of this turn
                 kind, arg = key.data
                 if kind == "supervisor":
                     self.from_supervisor()

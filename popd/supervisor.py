@@ -126,9 +126,7 @@ class Supervisor:
         while not (self.stopping and not self.pool.slots):
             if not self.stopping:
                 self.spawn_slots()
-            for key, _ in self.sel.select(self.next_timeout()):
-                callback, arg = key.data
-                callback(arg)
+            dispatch(self.sel, self.next_timeout())
             self.handle_signals()
             self.enforce_deadlines()
             # Slots the spawner had not reaped when it exited (a reload, a
@@ -640,6 +638,19 @@ def send_signal(pidfd, sig):
         signal.pidfd_send_signal(pidfd, sig)
     except ProcessLookupError:
         pass
+
+
+def dispatch(sel, timeout):
+    """One select() turn: call each ready key's (callback, arg).  A key an
+    earlier callback of the same turn unregistered is skipped: a child's
+    exit (its pidfd) and its last frame (its socket) often arrive in one
+    turn, and the exit closes the socket; reading it then would take the
+    supervisor down."""
+    for key, _ in sel.select(timeout):
+        if sel.get_map().get(key.fd) is not key:
+            continue
+        callback, arg = key.data
+        callback(arg)
 
 
 def serve(cfg, on_ready=None, on_stopping=None):
