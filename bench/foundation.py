@@ -4,16 +4,24 @@ slot and per logged-in session, supervisor (+ spawner) CPU per slot life cycle.
 Run as root from the repository: /opt/popd/bin/python bench/foundation.py
 It starts the real daemon (tests/daemon.py: numeric uids, temp dirs,
 SHA512-CRYPT with 5000 rounds as in the Dovecot anchor) on loopback.
+
+--backend system: the login rate with the host's accounts instead, made by
+useradd and chpasswd in a copy of /etc bind-mounted over /etc in a private
+mount namespace (tests/host_accounts.py), hashed with --crypt (default
+YESCRYPT, Debian's default for passwd(1)); the memory figures are skipped.
 """
 import argparse
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.daemon import USERS, Daemon, descendants  # noqa: E402
+from tests.host_accounts import make_etc, namespace_wrap  # noqa: E402
 
 MBOX = b"From a@b Thu Nov 26 10:00:00 2026\nSubject: x\n\nhello\n\n" * 10
 CLK = os.sysconf("SC_CLK_TCK")
@@ -85,9 +93,29 @@ def main():
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--sessions", type=int, default=50)
+    ap.add_argument("--backend", choices=("passwd-file", "system"), default="passwd-file")
+    ap.add_argument("--crypt", default="YESCRYPT", help="chpasswd -c METHOD for --backend system")
     args = ap.parse_args()
     limits = {"max_children": 256, "spare_children": 16, "max_per_ip": 256}
-    with Daemon(limits=limits, users={**USERS, **BENCH_USERS}) as d:
+    if args.backend == "system":
+        root = tempfile.mkdtemp(prefix="popd-bench-", dir="/tmp")
+        try:
+            etc = make_etc(root, {u: (pw, uid, args.crypt) for u, (pw, uid, _) in BENCH_USERS.items()})
+            scheme = (etc / "shadow").read_text().split("bench0:", 1)[1].split("$")[1]
+            print(f"backend system: {len(BENCH_USERS)} accounts by useradd + chpasswd -c "
+                  f"{args.crypt} (${scheme}$ hashes in /etc/shadow)")
+            login_figures(args, Daemon(limits=limits, users=USERS, wrap=namespace_wrap(etc),
+                                       extra={"auth": {"backend": ["system"]}}))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
+    print("backend passwd-file: SHA512-CRYPT, 5000 rounds")
+    login_figures(args, Daemon(limits=limits, users={**USERS, **BENCH_USERS}))
+    memory_figures(args)
+
+
+def login_figures(args, daemon):
+    with daemon as d:
         for user, (_, uid, _) in BENCH_USERS.items():
             d.write_mbox(user, MBOX, uid=uid)
         d.wait_for_pids("child idle", 16, timeout=30)
@@ -100,6 +128,9 @@ def main():
               f"p50 {lat[len(lat) // 2] * 1000:.1f} ms, p99 {lat[int(len(lat) * .99)] * 1000:.1f} ms)")
         print(f"supervisor + spawner CPU per slot life cycle (accept, admit, fork, hand over, reap): "
               f"{(cpu1 - cpu0) / count * 1000:.2f} ms")
+
+
+def memory_figures(args):
     # Memory: an idle server with spare_children=2, then with 2 + N idle
     # slots, then with N logged-in sessions (the spare count unchanged).
     n = args.sessions

@@ -12,7 +12,6 @@ import os
 import poplib
 import shutil
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from popd import passwd
 from tests import replies
 from tests.daemon import Daemon, attempt, status
+from tests.host_accounts import make_etc, namespace_wrap, namespaces_work
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 
@@ -36,38 +36,14 @@ SYSTEM_USERS = {
 MBOX = b"From a@b Thu Nov 26 10:00:00 2026\nSubject: hello\n\nhi\n"
 
 
-def in_etc(etc, script):
-    """Run `script` with `etc` bind-mounted over /etc (private namespace)."""
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           f'mount --bind "{etc}" /etc && {script}'],
-                          capture_output=True, text=True, timeout=120)
-
-
-def namespace_wrap(etc):
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            'mount --bind "$0" /etc && exec "$@"', str(etc)]
-
-
 @pytest.fixture(scope="module")
 def host():
     """A copy of /etc with the test accounts in it; their homes under it."""
-    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode:
+    if not namespaces_work():
         pytest.skip("no mount namespaces here")
     root = Path(tempfile.mkdtemp(prefix="popd-accounts-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    etc = root / "etc"
-    subprocess.run(["cp", "-a", "/etc", str(etc)], check=True)      # owners kept
-    shutil.copy(Path(__file__).resolve().parents[2] / "etc" / "pam.d" / "popd",
-                etc / "pam.d" / "popd")
-    script = []
-    for login, (password, uid, method, after) in SYSTEM_USERS.items():
-        script.append(f"groupadd -g {uid} {login} && useradd -u {uid} -g {uid} "
-                      f"-d {root}/home/{login} -m -s /bin/sh {login} && "
-                      f"echo '{login}:{password}' | chpasswd -c {method}")
-        if after:
-            script.append(after)
-    made = in_etc(etc, " && ".join(script))
-    assert made.returncode == 0, made.stderr
+    users = {login: (pw, uid, method) for login, (pw, uid, method, _) in SYSTEM_USERS.items()}
+    etc = make_etc(root, users, [after for *_, after in SYSTEM_USERS.values() if after])
     shadow = {line.split(":")[0]: line.split(":") for line in (etc / "shadow").read_text().splitlines()}
     assert shadow["sysalice"][1].startswith("$y$") and shadow["sysbob"][1].startswith("$6$")
     yield root
