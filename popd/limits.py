@@ -69,3 +69,9 @@ SESSION_STALL_GRACE = 10.0
 # free (config.py checks it): the TLS handshake, the client's USER/PASS and
 # the hashing happen inside the same deadline.
 LOGIN_HEADROOM = 10
+
+# The pam backend: an unknown user's answer waits the median of the last
+# PAM_FAILURE_SAMPLES wrong-password answers PAM gave (pam_unix answers an
+# unknown name far sooner), or PAM_FAILURE_DEFAULT seconds before any.
+PAM_FAILURE_SAMPLES = 32
+PAM_FAILURE_DEFAULT = 0.08

@@ -123,8 +123,9 @@ def test_only_the_broker_holds_the_shadow_group(host):
         assert not any(t.startswith("popd: auth-") for t in others), others
 
 
-def test_unknown_system_users_cost_what_wrong_passwords_cost(host):
-    with system_daemon(host) as d:
+@pytest.mark.parametrize("backend", ["system", "pam"])
+def test_unknown_system_users_cost_what_wrong_passwords_cost(host, backend):
+    with system_daemon(host, (backend,)) as d:
         # Each kind goes first half of the time: on two cores the slot
         # that replaces the previous connection's is forked meanwhile.
         wrong, unknown, refused = [], [], []
@@ -136,7 +137,7 @@ def test_unknown_system_users_cost_what_wrong_passwords_cost(host):
                 times.append(took)
         ratio = statistics.median(unknown) / statistics.median(wrong)
         locked = statistics.median(refused) / statistics.median(wrong)
-        print(f"system/yescrypt: median unknown {statistics.median(unknown) * 1000:.1f} ms, "
+        print(f"{backend}/yescrypt: median unknown {statistics.median(unknown) * 1000:.1f} ms, "
               f"wrong {statistics.median(wrong) * 1000:.1f} ms, expired account "
               f"{statistics.median(refused) * 1000:.1f} ms; ratios {ratio:.3f}, {locked:.3f}")
         assert 0.8 < ratio < 1.25 and 0.8 < locked < 1.25
