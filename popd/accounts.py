@@ -49,7 +49,8 @@ class PasswdSource:
             st = os.stat(self.path)
         except OSError as e:
             self.problem = f"cannot stat {self.path} as uid {os.getuid()}: {e.strerror}"
-            log.error("%s", self.problem)
+            if self.stamp is not None:         # at start the broker says it, once
+                log.error("%s; keeping the previous version of the file", self.problem)
             return False
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp == self.stamp:
@@ -142,8 +143,9 @@ class SystemAccounts:
 
     name = "system"
 
-    def __init__(self, shadow=None):
+    def __init__(self, allow_weak=False, shadow=None):
         self.shadow = shadow or ShadowFile()
+        self.allow_weak = allow_weak
         self.problem = None
 
     def refresh(self):
@@ -159,6 +161,11 @@ class SystemAccounts:
         if fields is None:
             return _entry(account, "", self.name, "no entry in /etc/shadow")
         refused = shadow_refusal(fields, int(time.time() // 86400))
+        if not refused:
+            try:
+                passwd.scheme_of(fields[1], self.allow_weak)
+            except ValueError as e:
+                refused = f"its hash in {self.shadow.path}: {e}"
         # A refused entry is verified against a dummy: no hash of a locked
         # account is ever checked.
         return _entry(account, "" if refused else fields[1], self.name, refused)
@@ -203,7 +210,8 @@ class Accounts:
     def __init__(self, auth):
         makers = {"passwd-file": lambda: PasswdSource(auth.passwd_file,
                                                       auth.allow_weak_schemes),
-                  "system": SystemAccounts, "pam": PamAccounts}
+                  "system": lambda: SystemAccounts(auth.allow_weak_schemes),
+                  "pam": PamAccounts}
         self.backends = [makers[name]() for name in auth.backend]
 
     def refresh(self):

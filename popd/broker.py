@@ -15,10 +15,15 @@ that does not fit the state closes the slot's channels with a log line.
 The client address used for throttling and logs comes from the
 supervisor, never from the front.
 
-Hashing (100-300 ms for argon2 or bcrypt) runs in worker processes fed by
-a queue that is fair per client address, so twenty guessers cannot push a
-real user to the back; the answer then waits out the throttle's delay on a
-timer heap (throttle.py), never in a sleep.
+Accounts come from the backends of `auth.backend` (accounts.py); a
+known account that may not log in (locked, expired, nologin...) costs a
+full verification and is answered like a wrong password.
+
+Hashing (100-300 ms for argon2 or bcrypt; the PAM stack for the pam
+backend) runs in worker processes fed by a queue that is fair per client
+address, so twenty guessers cannot push a real user to the back; the
+answer then waits out the throttle's delay on a timer heap (throttle.py),
+never in a sleep.
 """
 import collections
 import enum
