@@ -25,7 +25,9 @@ setup(
         "bcrypt>=4.1,<6",
         "argon2-cffi>=23.1,<26",
         "python-daemon>=3.1.2,<4",
-        "setproctitle>=1.3.3,<2",
+        # popd/proctitle.py loads its C module directly (it says why):
+        # only releases whose layout was checked.
+        "setproctitle>=1.3.3,<1.4",
         "PyYAML>=6.0.1,<7",
         # The pam backend (popd/pam_auth.py says why this binding).
         "pamela==1.2.0",

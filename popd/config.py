@@ -62,6 +62,10 @@ def integer(lo, hi):
 
 def choice(*allowed):
     def check(v):
+        if isinstance(v, bool):
+            # YAML 1.1 reads unquoted no/yes/off/on as booleans.
+            raise Problem(f"{v!r} is not allowed; allowed: {', '.join(allowed)} (YAML "
+                          f"reads an unquoted no, yes, off or on as a boolean: quote it)")
         if v not in allowed or not isinstance(v, str):
             raise Problem(f"{v!r} is not allowed; allowed: {', '.join(allowed)}")
         return v
@@ -186,12 +190,15 @@ def listen_list(v):
         except ValueError:
             raise Problem(f"{where}.address: {item.get('address')!r} is not "
                           f"an IPv4 or IPv6 address literal") from None
-        try:
-            port = integer(1, 65535)(item.get("port"))
-            tls = choice("none", "starttls", "implicit")(item.get("tls", "none"))
-            backlog = integer(1, 65535)(item.get("backlog", DEFAULT_BACKLOG))
-        except Problem as e:
-            raise Problem(f"{where}: {e}") from None
+        fields = {}
+        for field, check, default in (("port", integer(1, 65535), None),
+                                      ("tls", choice("none", "starttls", "implicit"), "none"),
+                                      ("backlog", integer(1, 65535), DEFAULT_BACKLOG)):
+            try:
+                fields[field] = check(item.get(field, default))
+            except Problem as e:
+                raise Problem(f"{where}.{field}: {e}") from None
+        port, tls, backlog = fields["port"], fields["tls"], fields["backlog"]
         if (str(addr), port) in seen:
             raise Problem(f"{where}: {addr} port {port} is listed twice")
         seen.add((str(addr), port))
@@ -460,7 +467,7 @@ def load(path):
     if not problems:
         problems += [f"{path}: {p}" for p in _resolve_shadow_group(values)]
     if not problems:
-        problems += [f"{path}: {p}" for p in _cross_checks(values)]
+        problems += [f"{path}: {p}" for p in _cross_checks(values, set(flat))]
     if problems:
         raise ConfigError(problems)
     return _namespace(values, path)
@@ -493,15 +500,16 @@ def _resolve_shadow_group(v):
     return []
 
 
-def _cross_checks(v):
-    """Rules that involve more than one key."""
+def _cross_checks(v, given=()):
+    """Rules that involve more than one key; `given` are the keys the file
+    sets (a default that no longer fits is named as one)."""
     out = []
-    if v["limits.spare_children"] > v["limits.max_children"]:
-        out.append(f"limits.spare_children: {v['limits.spare_children']} is "
-                   f"more than limits.max_children ({v['limits.max_children']})")
-    if v["limits.max_per_ip"] > v["limits.max_children"]:
-        out.append(f"limits.max_per_ip: {v['limits.max_per_ip']} is more "
-                   f"than limits.max_children ({v['limits.max_children']})")
+    cap = v["limits.max_children"]
+    for name in ("limits.spare_children", "limits.max_per_ip"):
+        if v[name] > cap:
+            default = "" if name in given else " (the default)"
+            out.append(f"{name}: {v[name]}{default} is more than limits.max_children "
+                       f"({cap}); set {name} to at most {cap}")
     # The front's login deadline includes the broker's delay: a delay that
     # fills it turns every delayed answer into "Login timed out".
     spare = v["limits.login_deadline"] - v["limits.auth_delay_max"]

@@ -7,6 +7,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 cd "$(dirname "$0")/.."
+# Everything the tests use, so that none is skipped for a missing tool.
+sh scripts/test-deps.sh
 . scripts/venv.sh
 "$VENV/bin/pip" install -q -e '.[test]'
 exec "$VENV/bin/python" -m pytest tests "$@"

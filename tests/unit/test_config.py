@@ -61,6 +61,10 @@ def test_duplicate_key_is_an_error(tmp_path):
     ("auth: {pam_service: ../etc/shadow}", "is not a PAM service name"),
     ("auth: {passwd_file: /etc/../etc/passwd}", "is not a normalised path"),
     ("limits: {spare_children: 100, max_children: 10}", "limits.spare_children: 100 is more than"),
+    ("limits: {max_children: 6}", "limits.max_per_ip: 8 (the default) is more than "
+     "limits.max_children (6); set limits.max_per_ip to at most 6"),
+    ("auth: {plaintext: no}", "auth.plaintext: False is not allowed; allowed: tls-only, always "
+     "(YAML reads an unquoted no, yes, off or on as a boolean: quote it)"),
 ])
 def test_bad_values_name_key_value_and_range(tmp_path, extra, expected):
     found = problems(tmp_path, GOOD + extra + "\n")
@@ -75,7 +79,9 @@ def test_tls_listeners_and_keys(tmp_path):
     listeners = GOOD.split("user:")[0]
     for replace, extra, expected in [
         (listeners, "listen: [{address: 127.0.0.1, port: 1, tls: yes}]\n",
-         "[0]: True is not allowed; allowed: none, starttls, implicit"),
+         "[0].tls: True is not allowed; allowed: none, starttls, implicit"),
+        (listeners, "listen: [{address: 127.0.0.1, port: 70000}]\n",
+         "listen: [0].port: 70000 is out of range; allowed: 1..65535"),
         ("", "tls: {min_version: TLSv1.1}\n", "tls.min_version: 'TLSv1.1' is not allowed"),
         ("", "tls: {ciphers: NOSUCHCIPHER}\n", "tls.ciphers: 'NOSUCHCIPHER' selects no cipher"),
         ("", "auth: {plaintext: never}\n", "auth.plaintext: 'never' is not allowed"),
@@ -161,7 +167,7 @@ def test_listen_backlog(tmp_path):
     assert cfg.listen[0].backlog == 512
     assert config.load(write(tmp_path, GOOD)).listen[0].backlog == 128
     found = problems(tmp_path, GOOD.replace("tls: none}", "tls: none, backlog: 0}"))
-    assert any("listen: [0]: 0 is out of range; allowed: 1..65535" in p for p in found), found
+    assert any("listen: [0].backlog: 0 is out of range; allowed: 1..65535" in p for p in found), found
 
 
 def test_auth_delay_max_must_leave_room_in_the_login_deadline(tmp_path):
