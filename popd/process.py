@@ -31,6 +31,11 @@ def reset_signals():
     # Python ignores SIGPIPE by default; keep that so a vanished client
     # gives EPIPE, an error we handle, instead of killing the process.
     _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
+    # Ctrl-C on `popd -f` signals the terminal's whole process group.  It
+    # means "stop" to the supervisor, which then stops everyone in order
+    # (sessions get shutdown_grace); a process it forked must not die of
+    # it on its own, half-way through a mailbox update.
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
 
 
 def close_fds_except(keep):

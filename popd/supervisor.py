@@ -551,8 +551,8 @@ class Supervisor:
 
     def on_broker_exit(self, link):
         self.sel.unregister(link.pidfd)
-        if link.sock.fileno() >= 0:
-            self.sel.unregister(link.sock)
+        if link.sock.fileno() >= 0 and link.sock in self.sel.get_map():
+            self.sel.unregister(link.sock)     # on_broker may have, at end of channel
         link.exited = True
         self.reap()
         if link is not self.broker:

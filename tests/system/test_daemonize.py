@@ -325,3 +325,25 @@ def test_foreground_tells_systemd_ready_and_stopping(monkeypatch, abstract):
             d.proc.send_signal(signal.SIGTERM)
             assert notify.recv(4096) == b"STOPPING=1"
             assert d.proc.wait(20) == 0
+
+
+def test_ctrl_c_in_the_foreground_stops_in_order():
+    """Ctrl-C on `popd -f` signals the terminal's whole process group.
+    Only the supervisor acts on it: no process dies of SIGINT on its own
+    (a session mid-update), a live session gets the shutdown grace and
+    its `session end` line, and the supervisor exits 0 without a
+    traceback.  Found with the demo: the broker died of SIGINT first and
+    the supervisor then tripped over its closed channel."""
+    d = Daemon(limits={"shutdown_grace": 2})
+    d.write_mbox("alice", b"From a@b Thu Nov 26 10:00:00 2026\nSubject: x\n\nhi\n")
+    with d:
+        c = poplib.POP3(d.host, d.port, timeout=30)
+        c.user("alice")
+        c.pass_(USERS["alice"][0])
+        assert c.stat()[0] == 1
+        os.killpg(d.proc.pid, signal.SIGINT)    # popd -f leads its own group here
+        assert d.proc.wait(30) == 0
+        log = d.log()
+        assert "died of signal 2" not in log and "Traceback" not in log, log
+        assert 'session end: rip=127.0.0.1, user="alice"' in log
+        c.close()
