@@ -31,10 +31,31 @@ def port_free(port):
     return True
 
 
+def quick_start():
+    """The README's quick start: exactly two commands, each `sudo` + a
+    script of this tree (this test runs as root, without sudo)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].split() for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2, commands
+    for argv in commands:
+        assert argv[0] == "sudo" and (REPO / argv[1]).is_file(), argv
+    return [argv[1:] for argv in commands]
+
+
+def test_the_quick_start_is_the_demo_and_the_suite():
+    demo, tests = quick_start()
+    assert demo == ["scripts/demo.sh"] and tests == ["scripts/test.sh"]
+    # The second command installs what the suite uses before running it.
+    assert "sh scripts/test-deps.sh" in (REPO / "scripts" / "test.sh").read_text()
+    assert "bash scripts/test-deps.sh" in (REPO / ".ci" / "run").read_text()
+
+
 def start_demo(*args, log=None):
     """demo.sh with `args`, in its own process group as in a terminal;
     popd's log lines (its stderr) go to `log`."""
-    proc = subprocess.Popen([str(DEMO), *args], stdin=subprocess.DEVNULL,
+    command = [str(REPO / quick_start()[0][0])]
+    proc = subprocess.Popen([*command, *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL,
                             text=True, start_new_session=True)
     lines, deadline = [], time.monotonic() + 180
