@@ -3,7 +3,7 @@
 Everything lives in one directory: config, pid file, passwd file (account
 demo / password demo), a sample mbox, a self-signed certificate made with
 `openssl req -x509`, the state directory, the fronts' chroot, and ready
-configurations for fetchmail and getmail6.  Numeric uids stand in for the
+configurations for fetchmail, getmail6 and mutt.  Numeric uids stand in for the
 popd system users, so nothing is added to /etc/passwd.  Passwords are
 accepted only over TLS (auth.plaintext: tls-only, the default).
 
@@ -124,7 +124,7 @@ def write(path, data, mode=0o600):
 
 
 def client_files(base, port, tls_port, cert):
-    """fetchmail and getmail6 configurations that work against the demo.
+    """fetchmail, getmail6 and mutt configurations that work against the demo.
     fetchmail checks the certificate's common name, never its IP address:
     hence `sslcommonname localhost` when it connects to 127.0.0.1."""
     fetched = os.path.join(base, "fetched")
@@ -149,6 +149,12 @@ def client_files(base, port, tls_port, cert):
           "[destination]\ntype = Mboxrd\n"
           f"path = {fetched}/getmail.mbox\nuser = nobody\n"
           "[options]\ndelete = false\nread_all = true\nmessage_log_verbose = false\n")
+    # mutt (GnuTLS) checks the name too: localhost.  folder: a directory
+    # that exists, or it offers to create ~/Mail first.
+    write(os.path.join(base, "muttrc"),
+          f'set folder="{base}" spoolfile="pops://localhost:{tls_port}/"\n'
+          'set pop_user="demo" pop_pass="demo" ssl_force_tls=yes\n'
+          f'set ssl_ca_certificates_file="{cert}" certificate_file="{base}/mutt-certificates"\n')
 
 
 def prepare(base, port, tls_port):
@@ -207,6 +213,7 @@ Connect with:
   python3 -c "import poplib, ssl; p = poplib.POP3_SSL('127.0.0.1', {tls_port}, context=ssl.create_default_context(cafile='{cert}')); p.user('demo'); p.pass_('demo'); print(p.list()); p.quit()"
   fetchmail -f {base}/fetchmailrc --nodetach --nosyslog     # STLS; into {base}/fetched/fetchmail.mbox
   getmail --getmaildir {base}/getmail --rcfile getmailrc    # TLS; into {base}/fetched/getmail.mbox
+  mutt -n -F {base}/muttrc                                   # TLS; q quits
 
 popd itself: {venv}/bin/popd (popd -c {base}/popd.yaml --check-config),
 manual pages: man -l {venv}/share/man/man8/popd.8 (and man5/popd.yaml.5);

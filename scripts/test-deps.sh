@@ -2,13 +2,13 @@
 # The Debian packages the test suite uses, installed if missing: called by
 # scripts/test.sh (the README's test command) and by .ci/run, so both run
 # the whole suite rather than skipping what a fresh machine lacks.
-#   curl, openssl, fetchmail, getmail6: real clients; procmail: a real MDA;
+#   curl, openssl, fetchmail, getmail6, mutt: real clients; procmail: a real MDA;
 #   mandoc: man page lint; fail2ban: fail2ban-regex over popd's log lines;
 #   systemd: systemd-analyze for the unit file; iproute2, util-linux:
 #   namespaces; libseccomp2: the fronts' filter; passwd: useradd and
 #   chpasswd for the system-account tests; python3-venv: /opt/popd.
 set -eu
-PACKAGES="curl openssl fetchmail getmail6 procmail mandoc python3-venv fail2ban systemd
+PACKAGES="curl openssl fetchmail getmail6 mutt procmail mandoc python3-venv fail2ban systemd
 iproute2 util-linux libseccomp2 passwd"
 missing=
 for p in $PACKAGES; do

@@ -1,10 +1,12 @@
 """Issue 13: the README's first command, scripts/demo.sh, as a newcomer
 runs it: beside a popd that already holds /run/popd/popd.pid and port
 1110, every client command it prints works exactly as printed (curl,
-fetchmail, getmail6), and Ctrl-C leaves no directory behind (it holds a
+fetchmail, getmail6, mutt), and Ctrl-C leaves no directory behind (it holds a
 private key and a password hash)."""
 import os
+import pty
 import re
+import select
 import shutil
 import signal
 import socket
@@ -79,6 +81,37 @@ def printed(lines, start):
     return re.sub(r"\s+#.*$", "", line)
 
 
+def run_in_a_terminal(command, wanted, timeout=30):
+    """`command` (a shell line) on a pseudo-terminal, as a user runs mutt;
+    returns what it drew once `wanted` appeared (or at the timeout)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ["TERM"] = "vt100"
+        os.execvp("sh", ["sh", "-c", command])
+    screen, deadline = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and wanted not in screen:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+        time.sleep(0.5)                             # the rest of the index line
+        while select.select([fd], [], [], 0.2)[0]:
+            try:
+                screen += os.read(fd, 65536)
+            except OSError:
+                break
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return screen
+
+
 def ctrl_c(proc):
     os.killpg(proc.pid, signal.SIGINT)      # what the terminal does: the whole group
     return proc.wait(60)
@@ -127,6 +160,9 @@ def test_demo_beside_a_running_popd_prints_commands_that_work(installed_popd, tm
             assert done.returncode == 0, done.stdout + done.stderr
             got = open(f"{base}/fetched/getmail.mbox").read()
             assert got.count("Subject: ") == 2 and "Welcome to popd" in got
+        if shutil.which("mutt"):
+            screen = run_in_a_terminal(printed(lines, "mutt -n -F"), b"Welcome to popd")
+            assert b"Welcome to popd" in screen and b"Second message" in screen, screen[-500:]
         assert installed_popd.proc.poll() is None      # the other popd is untouched
     finally:
         code = ctrl_c(proc)
