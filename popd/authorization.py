@@ -37,6 +37,7 @@ ERR_TLS_ACTIVE = "TLS is already active"
 ERR_NO_STLS = "STLS is not available on this port"
 ERR_MECHANISM = "Unsupported authentication mechanism"
 ERR_CANCELLED = "Authentication cancelled"
+ERR_LOGIN_DELAY = "Logged in too recently; wait longer between logins"
 ERR_SASL_LONG = "SASL response too long"
 OK_BEGIN_TLS = "Begin TLS negotiation"
 
@@ -53,6 +54,7 @@ class FrontSession(Session):
         self.peer_ip = peer_ip
         self.plaintext_always = cfg.auth.plaintext == "always"
         self.implementation = cfg.implementation
+        self.login_delay = cfg.limits.login_delay
         self.login_deadline = (deadline if deadline is not None else
                                time.monotonic() + cfg.limits.login_deadline)
         self.tls = None                     # the SSLSocket once TLS is up
@@ -96,6 +98,8 @@ class FrontSession(Session):
             caps += [b"USER", b"SASL " + " ".join(sasl.MECHANISMS).encode()]
         if self.tls_mode == "starttls" and self.tls is None:
             caps.append(b"STLS")
+        if self.login_delay:
+            caps.append(b"LOGIN-DELAY %d" % self.login_delay)
         if self.implementation:
             caps.append(b"IMPLEMENTATION " + self.implementation.encode("ascii"))
         return caps
@@ -221,6 +225,9 @@ class FrontSession(Session):
             self.err(ERR_TOO_MANY_FAILURES, code="AUTH")
             raise Closing("auth attempts exhausted") from None
         if answer.name == "AUTH_FAIL":
+            if answer.code == "LOGIN-DELAY":
+                self.err(ERR_LOGIN_DELAY, code=answer.code)
+                raise Closing("login delay")
             if answer.final:
                 self.err(ERR_TOO_MANY_FAILURES, code=answer.code)
                 raise Closing("auth attempts exhausted")

@@ -176,6 +176,9 @@ class Broker:
         self.next_job = 1
         self.timers = []                   # heap of (due, seq, job, good)
         self.pam_failures = collections.deque(maxlen=limits.PAM_FAILURE_SAMPLES)
+        # limits.login_delay: login -> when its last session ended.  Only
+        # users who logged in are here, for at most the delay.
+        self.session_ended = {}
         self.seq = 0
 
     # -- workers -------------------------------------------------------------
@@ -314,6 +317,8 @@ class Broker:
             self.slots[msg.slot] = chan
             self.sel.register(front, selectors.EVENT_READ, ("front", chan))
             self.sel.register(child, selectors.EVENT_READ, ("child", chan))
+        elif msg.name == "SESSION_ENDED":
+            self.session_end(msg.login)
         elif msg.name == "CHANNEL_BIND":
             chan = self.slots.get(msg.slot)
             if chan is None or chan.state is not ChannelState.UNBOUND:
@@ -416,6 +421,13 @@ class Broker:
         chan.state = ChannelState.BOUND
         if good is None:
             self.send_front(chan, "AUTH_FAIL", code="SYS/TEMP", final=0)
+        elif good and self.login_delay_left(job.login):
+            # Only a right password learns of the delay: a guesser cannot
+            # tell from it who logged in lately.
+            log.info('login refused: rip=%s, user="%s": LOGIN-DELAY, %.0f s left',
+                     chan.peer_ip, sanitize(job.login, 64), self.login_delay_left(job.login))
+            self.send_front(chan, "AUTH_FAIL", code="LOGIN-DELAY", final=1)
+            self.close_front(chan)
         elif good:
             self.grant(chan, job)
         else:
@@ -470,6 +482,24 @@ class Broker:
                         'with popd-passwd', sanitize(job.login, 64),
                         passwd.scheme_of(entry.password, True), self.cfg.auth.passwd_file)
         self.send_front(chan, "AUTH_OK")
+
+    def session_end(self, login):
+        """The supervisor saw a granted session's child end: LOGIN-DELAY
+        counts from now."""
+        if self.cfg.limits.login_delay:
+            now = time.monotonic()
+            self.session_ended[login] = now
+            if len(self.session_ended) > 1024:
+                horizon = now - self.cfg.limits.login_delay
+                self.session_ended = {k: t for k, t in self.session_ended.items()
+                                      if t > horizon}
+
+    def login_delay_left(self, login):
+        """Seconds this user must still wait (RFC 2449 LOGIN-DELAY), or 0."""
+        ended = self.session_ended.get(login)
+        if not self.cfg.limits.login_delay or ended is None:
+            return 0
+        return max(0.0, ended + self.cfg.limits.login_delay - time.monotonic())
 
     def answer_login_done(self, chan):
         """The front told its client +OK: now the login counts as this

@@ -315,6 +315,11 @@ KEYS = [
         "Logged-in sessions one uid may hold at once, across all its "
         "maildrops (virtual users sharing a uid); [IN-USE] beyond.  Unset: "
         "no cap beyond one session per maildrop, which is always kept."),
+    Key("limits.login_delay", optional(integer(1, 86400)), None,
+        "RFC 2449 LOGIN-DELAY: seconds a user must wait after a session "
+        "ends before the next login, enforced by the broker and announced "
+        "in CAPA; the right password is then refused with [LOGIN-DELAY].  "
+        "Unset: no delay, and none announced."),
     Key("limits.login_deadline", integer(5, 600), 30,
         "Seconds from the greeting to a completed login."),
     Key("limits.idle_timeout", integer(10, 86400), 600,

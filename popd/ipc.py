@@ -114,6 +114,9 @@ MESSAGES = [
     Spec("CHANNEL_BIND", 8, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
          (("slot", U32), ("peer_ip", STR(64)))),
     Spec("BROKER_READY", 5, _C.SUPERVISOR_BROKER, _R.BROKER, ()),
+    # a granted session's child is gone: limits.login_delay counts from now
+    Spec("SESSION_ENDED", 14, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
+         (("login", STR(limits.MAX_LOGIN)),)),
     Spec("GRANTED", 9, _C.SUPERVISOR_BROKER, _R.BROKER,
          (("slot", U32), ("uid", U32), ("gid", U32),
           ("login", STR(limits.MAX_LOGIN)), ("mbox", STR(1024)))),

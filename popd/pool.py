@@ -38,7 +38,8 @@ class Slot:
     # After the grant (sessions.py): who the child serves, its progress
     # samples, whether it said it logged its own end (CHILD_DONE), and why
     # the supervisor killed it, if it did.
-    login: str = ""
+    login: str = ""                 # sanitized, for log lines
+    granted_login: str = ""         # as granted, for the broker (LOGIN-DELAY)
     uid: int | None = None
     watch: object = None
     done: bool = False

@@ -472,6 +472,12 @@ class Supervisor:
             log.info('session end: rip=%s, user="%s", duration=%.3f, reason=%s',
                      slot.peer, slot.login, time.monotonic() - slot.busy_since,
                      "killed" if slot.killed else "died")
+        if self.cfg.limits.login_delay and not self.broker.exited:
+            # LOGIN-DELAY counts from here, in the broker that decides logins.
+            try:
+                self.broker.send("SESSION_ENDED", login=slot.granted_login)
+            except OSError:
+                pass                           # a gone broker stops us anyway
         waiter = self.maildrops.release(slot.id)
         if waiter is not None:
             self.session_may_start(self.pool.slots.get(waiter))
@@ -508,6 +514,7 @@ class Supervisor:
             return
         slot.granted = True
         slot.login = sanitize(msg.login, 64)
+        slot.granted_login = msg.login
         slot.uid = msg.uid
         slot.watch = sessions.Watch(time.monotonic())
         mail = self.cfg.mail

@@ -29,6 +29,10 @@ class ChildSession(Session):
     def __init__(self, sock, cfg, maildrop, leftover):
         super().__init__(sock, cfg.limits.max_bad_commands, leftover)
         self.idle_timeout = cfg.limits.idle_timeout
+        # RFC 2449: after login, the delay that applies to this user (the
+        # same for every user here).
+        self.capabilities = CAPABILITIES + ([b"LOGIN-DELAY %d" % cfg.limits.login_delay]
+                                            if cfg.limits.login_delay else [])
         self.drop = maildrop
         self.index = maildrop.index
         self.deleted = set()
@@ -59,7 +63,7 @@ class ChildSession(Session):
     # -- commands ------------------------------------------------------------
     def cmd_capa(self):
         self.ok("Capability list follows")
-        self.multiline(CAPABILITIES)
+        self.multiline(self.capabilities)
 
     def cmd_noop(self):
         self.ok()

@@ -111,12 +111,12 @@ def split(data, cuts):
 
 
 def config(max_bad_commands=10, plaintext="always", implementation=None,
-           login_deadline=30, idle_timeout=600):
+           login_deadline=30, idle_timeout=600, login_delay=None):
     """The keys FrontSession and ChildSession read, as config.load makes them."""
     return types.SimpleNamespace(
         limits=types.SimpleNamespace(max_bad_commands=max_bad_commands,
                                      login_deadline=login_deadline,
-                                     idle_timeout=idle_timeout),
+                                     idle_timeout=idle_timeout, login_delay=login_delay),
         auth=types.SimpleNamespace(plaintext=plaintext),
         implementation=implementation)
 
