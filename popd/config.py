@@ -157,6 +157,50 @@ def path_list(v):
 path_list.doc = "list of absolute paths"
 
 
+CERTIFICATE_FIELDS = {"cert", "key", "names"}
+
+
+def certificate_list(v):
+    """Extra certificate/key pairs: [{cert, key, names: [host, *.domain]}];
+    without names a pair joins the default one (an RSA pair beside an
+    ECDSA one)."""
+    if not isinstance(v, list):
+        raise Problem("must be a list of {cert, key, names}")
+    out = []
+    for i, item in enumerate(v):
+        where = f"[{i}]"
+        if not isinstance(item, dict) or not {"cert", "key"} <= set(item):
+            raise Problem(f"{where}: must be a mapping with cert, key and optional names")
+        unknown = set(item) - CERTIFICATE_FIELDS
+        if unknown:
+            raise Problem(f"{where}: unknown field {sorted(unknown)[0]!r}; allowed: "
+                          f"cert, key, names")
+        for field in ("cert", "key"):
+            try:
+                absolute_path(item[field])
+            except Problem as e:
+                raise Problem(f"{where}.{field}: {e}") from None
+        names = item.get("names", [])
+        if not isinstance(names, list) or not all(_host_name(n) for n in names):
+            raise Problem(f"{where}.names: {names!r} is not a list of host names "
+                          f"(a leading '*.' matches one label)")
+        out.append(types.SimpleNamespace(cert=item["cert"], key=item["key"],
+                                         names=tuple(n.lower() for n in names)))
+    return tuple(out)
+certificate_list.doc = "list of {cert, key, names: [host names]}"
+
+
+def _host_name(name):
+    if not isinstance(name, str) or not name.isascii() or not 0 < len(name) <= 253:
+        return False
+    labels = name.lower().split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+    return len(labels) >= 1 and all(
+        0 < len(x) <= 63 and all(c.isalnum() or c == "-" for c in x)
+        and not x.startswith("-") for x in labels)
+
+
 def pam_service(v):
     """A file name in /etc/pam.d."""
     if (not isinstance(v, str) or not v or not v.isascii() or "/" in v
@@ -367,6 +411,11 @@ KEYS = [
     Key("tls.key", absolute_path, "/etc/popd/tls/key.pem",
         "PEM private key, unencrypted, not readable by others (0600 or "
         "0640); read only by the root supervisor.", False),
+    Key("tls.certificates", certificate_list, [],
+        "More certificate/key pairs, chosen by the name the client asks "
+        "for (SNI); a pair without names joins the default tls.cert/tls.key "
+        "(e.g. RSA beside ECDSA).  Same checks as tls.cert/tls.key; the "
+        "files are read again at SIGHUP.", False),
     Key("tls.min_version", choice("TLSv1.2", "TLSv1.3"), "TLSv1.2",
         "Oldest TLS version accepted.", False),
     Key("tls.ciphers", cipher_list, MOZILLA_INTERMEDIATE_CIPHERS,

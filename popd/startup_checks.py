@@ -40,6 +40,12 @@ def problems(cfg, create=True):
             trusted_files.trusted_file(cfg.tls.key, "tls.key", readable_by_others=False),
             trusted_files.trusted_file(cfg.tls.cert, "tls.cert", readable_by_others=True),
         ]
+        for i, extra in enumerate(cfg.tls.certificates):
+            tls_problems += [
+                trusted_files.trusted_file(extra.key, f"tls.certificates[{i}].key",
+                                           readable_by_others=False),
+                trusted_files.trusted_file(extra.cert, f"tls.certificates[{i}].cert",
+                                           readable_by_others=True)]
         found += tls_problems
         if not create and not any(tls_problems):
             found.append(tls_load_problem(cfg))

@@ -76,32 +76,54 @@ def _check_readable(what, path):
     return st
 
 
-def _check_key_mode(path, st):
+def _check_key_mode(path, st, what="tls.key"):
     """The key must not be readable by others nor writable by anyone but its
     owner (group read is fine: Debian's ssl-cert group)."""
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o004:
-        raise TLSConfigError(f"tls.key: {path} is readable by others (mode "
+        raise TLSConfigError(f"{what}: {path} is readable by others (mode "
                              f"{mode:04o}); run: chmod 0600 {path}")
     if mode & 0o022:
-        raise TLSConfigError(f"tls.key: {path} is writable by group or others "
+        raise TLSConfigError(f"{what}: {path} is writable by group or others "
                              f"(mode {mode:04o}); run: chmod 0600 {path}")
 
 
 def build_context(tls_cfg):
     """The server SSLContext from the `tls:` section; TLSConfigError names
-    the file and the problem.  Reads the key: call as root, in the
-    supervisor only."""
-    _check_readable("tls.cert", tls_cfg.cert)
-    key_st = _check_readable("tls.key", tls_cfg.key)
-    _check_key_mode(tls_cfg.key, key_st)
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        probe.load_verify_locations(cafile=tls_cfg.cert)
-    except ssl.SSLError:
-        raise TLSConfigError(f"tls.cert: {tls_cfg.cert} holds no PEM "
-                             f"certificate") from None
+    the file and the problem.  Reads the keys: call as root, in the
+    supervisor only.  With tls.certificates that name hosts, the context
+    picks one per name the client sends (SNI): exact names first, then
+    `*.domain` for one label; anything else gets the default pair."""
+    ctx = _new_context(tls_cfg)
+    _load_pair(ctx, tls_cfg.cert, tls_cfg.key, "tls.cert", "tls.key")
+    by_name = {}
+    for i, extra in enumerate(tls_cfg.certificates):
+        where = f"tls.certificates[{i}]"
+        if not extra.names:
+            _load_pair(ctx, extra.cert, extra.key, f"{where}.cert", f"{where}.key")
+            continue
+        # Pairs naming the same hosts share a context (RSA + ECDSA).
+        named = by_name.get(extra.names[0]) or _new_context(tls_cfg)
+        _load_pair(named, extra.cert, extra.key, f"{where}.cert", f"{where}.key")
+        for name in extra.names:
+            by_name[name] = named
+    if by_name:
+        ctx.sni_callback = _sni_chooser(by_name)
+    return ctx
 
+
+def _sni_chooser(by_name):
+    def choose(ssock, server_name, _ctx):
+        if server_name:
+            name = server_name.lower()
+            chosen = by_name.get(name) or by_name.get("*." + name.partition(".")[2])
+            if chosen is not None:
+                ssock.context = chosen
+        return None                     # go on: a name we lack gets the default
+    return choose
+
+
+def _new_context(tls_cfg):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MIN_VERSIONS[tls_cfg.min_version]
     try:
@@ -114,21 +136,34 @@ def build_context(tls_cfg):
     ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.num_tickets = 0                 # TLS 1.3: no tickets either
     ctx.set_alpn_protocols(ALPN)
+    return ctx
+
+
+def _load_pair(ctx, cert, key, cert_key, key_key):
+    """One certificate chain and its key into `ctx` (OpenSSL keeps one pair
+    per key type, so an RSA and an ECDSA pair can share a context)."""
+    _check_readable(cert_key, cert)
+    key_st = _check_readable(key_key, key)
+    _check_key_mode(key, key_st, key_key)
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        ctx.load_cert_chain(tls_cfg.cert, tls_cfg.key, password=_no_password)
+        probe.load_verify_locations(cafile=cert)
+    except ssl.SSLError:
+        raise TLSConfigError(f"{cert_key}: {cert} holds no PEM certificate") from None
+    try:
+        ctx.load_cert_chain(cert, key, password=_no_password)
     except _Encrypted:
-        raise TLSConfigError(f"tls.key: {tls_cfg.key} is encrypted; popd needs "
+        raise TLSConfigError(f"{key_key}: {key} is encrypted; popd needs "
                              f"an unencrypted key (protected by its file "
                              f"mode, 0600)") from None
     except ssl.SSLError as e:
         if e.reason == "KEY_VALUES_MISMATCH":
-            raise TLSConfigError(f"tls.key: {tls_cfg.key} does not match the "
-                                 f"certificate in {tls_cfg.cert}") from None
-        raise TLSConfigError(f"tls.key: {tls_cfg.key} holds no usable PEM "
+            raise TLSConfigError(f"{key_key}: {key} does not match the "
+                                 f"certificate in {cert}") from None
+        raise TLSConfigError(f"{key_key}: {key} holds no usable PEM "
                              f"private key") from None
     except OSError as e:
-        raise TLSConfigError(f"tls.cert/tls.key: {e.strerror}") from None
-    return ctx
+        raise TLSConfigError(f"{cert_key}/{key_key}: {e.strerror}") from None
 
 
 def install(ctx):

@@ -1,5 +1,6 @@
-"""Issue 14: the site policies of RFC 2449 that big POP3 hosts enforce,
-against the live daemon.
+"""Issue 14: the site policies big POP3 hosts enforce, against the live
+daemon.  Several certificates chosen by SNI (tls.certificates) are at
+the end.
 
 LOGIN-DELAY: limits.login_delay seconds between the end of a user's
 session and that user's next login, kept by the broker, announced in CAPA
@@ -7,9 +8,14 @@ session and that user's next login, kept by the broker, announced in CAPA
 the delay gets -ERR [LOGIN-DELAY], a wrong one the usual answer."""
 import os
 import poplib
+import shutil
+import signal
+import socket
+import ssl
 import time
 
 import pytest
+import yaml
 
 from tests import replies
 from tests.daemon import USERS, Daemon, attempt
@@ -59,3 +65,94 @@ def test_no_login_delay_is_announced_unless_enforced():
         c.quit()
         reply, _ = attempt(d, "alice", USERS["alice"][0])
         assert reply == replies.LOGGED_IN
+
+
+# -- several certificates, by SNI ---------------------------------------------------
+
+def sni_daemon():
+    """A TLS daemon whose default pair is ECDSA for localhost, with an RSA
+    pair for localhost beside it and an ECDSA pair for mail.example.org
+    and *.pop.example.org, all from the daemon's own CA."""
+    import trustme
+    d = Daemon(tls=True)
+    extra = []
+    for name, names, kind in (("rsa", [], trustme.KeyType.RSA),
+                              ("mail", ["mail.example.org", "*.pop.example.org"],
+                               trustme.KeyType.ECDSA)):
+        leaf = d.ca.issue_cert(*(names or ["localhost"]), common_name=(names or ["localhost"])[0],
+                               key_type=kind)
+        cert, key = d.base / f"{name}-cert.pem", d.base / f"{name}-key.pem"
+        leaf.private_key_pem.write_to_path(str(key))
+        os.chmod(key, 0o600)
+        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        extra.append({"cert": str(cert), "key": str(key), "names": names})
+    cfg = yaml.safe_load(d.config.read_text())
+    cfg["tls"]["certificates"] = extra
+    d.config.write_text(yaml.safe_dump(cfg))
+    return d
+
+
+def handshake(d, server_name, rsa_only=False):
+    """(subject CN, cipher) the daemon's implicit-TLS port presents."""
+    ctx = ssl.create_default_context(cafile=str(d.ca_file))
+    ctx.check_hostname = False
+    if rsa_only:                        # a TLS 1.2 client that knows only RSA suites
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    with socket.create_connection((d.host, d.tls_port), timeout=30) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as s:
+            subject = dict(x[0] for x in s.getpeercert()["subject"])
+            return subject["commonName"], s.cipher()[0]
+
+
+def test_sni_picks_the_named_pair_and_key_types_share_a_name():
+    d = sni_daemon()
+    with d:
+        assert handshake(d, "localhost")[0] == "localhost"
+        assert handshake(d, "mail.example.org")[0] == "mail.example.org"
+        assert handshake(d, "MAIL.example.org")[0] == "mail.example.org"
+        assert handshake(d, "a.pop.example.org")[0] == "mail.example.org"    # *.pop
+        assert handshake(d, "b.a.pop.example.org")[0] == "localhost"       # one label only
+        assert handshake(d, "unknown.example.net")[0] == "localhost"
+        name, cipher = handshake(d, "localhost", rsa_only=True)
+        assert name == "localhost" and "RSA" in cipher                      # the RSA pair
+        # A login works over the named pair too.
+        ctx = ssl.create_default_context(cafile=str(d.ca_file))
+        ctx.check_hostname = False
+        d.write_mbox("alice", MBOX)
+        c = poplib.POP3_SSL(d.host, d.tls_port, context=ctx)
+        c.sock.close()
+        raw = socket.create_connection((d.host, d.tls_port), timeout=30)
+        c.sock = ctx.wrap_socket(raw, server_hostname="mail.example.org")
+        c.file = c.sock.makefile("rb")
+        assert c._getresp().startswith(b"+OK")
+        c.user("alice")
+        c.pass_(USERS["alice"][0])
+        assert c.stat()[0] == 1
+        c.quit()
+
+
+def test_each_extra_pair_passes_the_start_up_checks():
+    d = sni_daemon()
+    try:
+        os.chmod(d.base / "mail-key.pem", 0o644)
+        run = d.launch(capture_output=True, text=True)
+        assert run.returncode == 1
+        assert "(tls.certificates[1].key) is readable by others" in run.stderr, run.stderr
+    finally:
+        shutil.rmtree(d.base, ignore_errors=True)
+
+
+def test_a_new_certificate_at_the_same_path_is_served_after_sighup():
+    d = sni_daemon()
+    with d:
+        assert handshake(d, "mail.example.org")[0] == "mail.example.org"
+        leaf = d.ca.issue_cert("mail.example.org", common_name="renewed.example.org")
+        leaf.private_key_pem.write_to_path(str(d.base / "mail-key.pem"))
+        (d.base / "mail-cert.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for_log("SIGHUP: configuration reloaded")
+        deadline = time.monotonic() + 10
+        while handshake(d, "mail.example.org")[0] != "renewed.example.org":
+            assert time.monotonic() < deadline, "the renewed certificate is not served"
+            time.sleep(0.3)
