@@ -148,17 +148,13 @@ def test_demo_beside_a_running_popd_prints_commands_that_work(installed_popd, tm
         retr = subprocess.run(printed(lines, f"curl --cacert {base}/cert.pem -u demo"),
                               shell=True, capture_output=True, text=True, timeout=60)
         assert retr.returncode == 0 and "Subject: Welcome to popd" in retr.stdout, retr.stderr
-        if shutil.which("fetchmail"):
-            done = subprocess.run(printed(lines, "fetchmail -f"), shell=True,
+        for tool, start in (("fetchmail", "fetchmail -f"), ("getmail", "getmail --getmaildir")):
+            if not shutil.which(tool):
+                continue
+            done = subprocess.run(printed(lines, start), shell=True,
                                   capture_output=True, text=True, timeout=60)
             assert done.returncode == 0, done.stdout + done.stderr
-            got = open(f"{base}/fetched/fetchmail.mbox").read()
-            assert got.count("Subject: ") == 2 and "Welcome to popd" in got
-        if shutil.which("getmail"):
-            done = subprocess.run(printed(lines, "getmail --getmaildir"), shell=True,
-                                  capture_output=True, text=True, timeout=60)
-            assert done.returncode == 0, done.stdout + done.stderr
-            got = open(f"{base}/fetched/getmail.mbox").read()
+            got = open(f"{base}/fetched/{tool}.mbox").read()
             assert got.count("Subject: ") == 2 and "Welcome to popd" in got
         if shutil.which("mutt"):
             screen = run_in_a_terminal(printed(lines, "mutt -n -F"), b"Welcome to popd")

@@ -120,16 +120,14 @@ def test_sni_picks_the_named_pair_and_key_types_share_a_name():
         ctx = ssl.create_default_context(cafile=str(d.ca_file))
         ctx.check_hostname = False
         d.write_mbox("alice", MBOX)
-        c = poplib.POP3_SSL(d.host, d.tls_port, context=ctx)
-        c.sock.close()
+
         raw = socket.create_connection((d.host, d.tls_port), timeout=30)
-        c.sock = ctx.wrap_socket(raw, server_hostname="mail.example.org")
-        c.file = c.sock.makefile("rb")
-        assert c._getresp().startswith(b"+OK")
-        c.user("alice")
-        c.pass_(USERS["alice"][0])
-        assert c.stat()[0] == 1
-        c.quit()
+        with ctx.wrap_socket(raw, server_hostname="mail.example.org") as s:
+            f = s.makefile("rb")
+            assert f.readline().startswith(b"+OK")
+            s.sendall(b"USER alice\r\nPASS %s\r\nSTAT\r\nQUIT\r\n" % USERS["alice"][0].encode())
+            answers = [f.readline() for _ in range(4)]
+        assert answers[1] == replies.LOGGED_IN + b"\r\n" and answers[2].startswith(b"+OK 1 ")
 
 
 def test_each_extra_pair_passes_the_start_up_checks():
