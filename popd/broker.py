@@ -179,6 +179,10 @@ class Broker:
         # limits.login_delay: login -> when its last session ended.  Only
         # users who logged in are here, for at most the delay.
         self.session_ended = {}
+        # ...and logins granted whose session has not ended yet: a client
+        # that sends QUIT and logs in at once must wait too, although its
+        # old session's process is still exiting.
+        self.in_session = collections.Counter()
         self.seq = 0
 
     # -- workers -------------------------------------------------------------
@@ -474,6 +478,8 @@ class Broker:
             return
         chan.state = ChannelState.GRANTED
         chan.login = job.login
+        if self.cfg.limits.login_delay:
+            self.in_session[job.login] += 1   # until the supervisor's SESSION_ENDED
         log.info('login: rip=%s, method=%s, queued=%.3f, user="%s", uid=%d',
                  chan.peer_ip, job.method, job.queued, sanitize(job.login, 64),
                  entry.uid)
@@ -489,6 +495,9 @@ class Broker:
         if self.cfg.limits.login_delay:
             now = time.monotonic()
             self.session_ended[login] = now
+            self.in_session[login] -= 1
+            if self.in_session[login] <= 0:
+                del self.in_session[login]
             if len(self.session_ended) > 1024:
                 horizon = now - self.cfg.limits.login_delay
                 self.session_ended = {k: t for k, t in self.session_ended.items()
@@ -496,8 +505,12 @@ class Broker:
 
     def login_delay_left(self, login):
         """Seconds this user must still wait (RFC 2449 LOGIN-DELAY), or 0."""
+        if not self.cfg.limits.login_delay:
+            return 0
+        if self.in_session.get(login):
+            return float(self.cfg.limits.login_delay)
         ended = self.session_ended.get(login)
-        if not self.cfg.limits.login_delay or ended is None:
+        if ended is None:
             return 0
         return max(0.0, ended + self.cfg.limits.login_delay - time.monotonic())
 
