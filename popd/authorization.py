@@ -20,11 +20,7 @@ from . import ipc, limits, sasl, tls
 from .ipc import Channel, Role
 from .linereader import OVERLONG, Timeout
 from .logsetup import log
-from .protocol import Closing, Session, State
-
-# RFC 2449: offered on every connection (the child implements them).
-BASE_CAPABILITIES = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE",
-                     b"PIPELINING"]
+from .protocol import SESSION_CAPABILITIES, Closing, Session, State, policy_capabilities
 
 GREETING = "POP3 server ready"
 ERR_AUTH = "Authentication failed"
@@ -54,7 +50,7 @@ class FrontSession(Session):
         self.peer_ip = peer_ip
         self.plaintext_always = cfg.auth.plaintext == "always"
         self.implementation = cfg.implementation
-        self.login_delay = cfg.limits.login_delay
+        self.policies = policy_capabilities(cfg)
         self.login_deadline = (deadline if deadline is not None else
                                time.monotonic() + cfg.limits.login_deadline)
         self.tls = None                     # the SSLSocket once TLS is up
@@ -93,13 +89,12 @@ class FrontSession(Session):
 
     def capabilities(self):
         """RFC 2449: exactly what this connection may use right now."""
-        caps = list(BASE_CAPABILITIES)
+        caps = list(SESSION_CAPABILITIES)
         if self.plaintext_allowed():
             caps += [b"USER", b"SASL " + " ".join(sasl.MECHANISMS).encode()]
         if self.tls_mode == "starttls" and self.tls is None:
             caps.append(b"STLS")
-        if self.login_delay:
-            caps.append(b"LOGIN-DELAY %d" % self.login_delay)
+        caps += self.policies
         if self.implementation:
             caps.append(b"IMPLEMENTATION " + self.implementation.encode("ascii"))
         return caps

@@ -206,7 +206,8 @@ class Child:
         if grant is None:
             return
         self.become_owner(grant)
-        drop = Maildrop(grant.mbox, grant.uid, self.cfg.mail.state_dir, self.lock_helper)
+        drop = Maildrop(grant.mbox, grant.uid, self.cfg.mail.state_dir, self.lock_helper,
+                        self.cfg.mail.uidl_source, self.cfg.mail.expire_days)
         try:
             drop.open()
         except MailboxError as e:
@@ -230,9 +231,9 @@ class Child:
         session.close()
         drop.close()
         log.info('session end: rip=%s, user="%s", tls=%s, retrieved=%d, deleted=%d, '
-                 'bytes=%d, duration=%.3f, reason=%s', self.peer_ip, user,
-                 logsetup.sanitize(tls, 120), session.retrieved, session.removed,
-                 session.bytes_sent, time.monotonic() - started, outcome)
+                 'expired=%d, bytes=%d, duration=%.3f, reason=%s', self.peer_ip, user,
+                 logsetup.sanitize(tls, 120), len(session.retrieved), session.removed,
+                 session.expired, session.bytes_sent, time.monotonic() - started, outcome)
 
 
 def run(cfg, slot, sup_sock, front_broker, child_broker):

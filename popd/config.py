@@ -21,6 +21,7 @@ from typing import Any, Callable
 import yaml
 
 from . import limits, mailpath
+from .foreign_uidl import SOURCES as UIDL_SOURCES
 from .tls import MOZILLA_INTERMEDIATE_CIPHERS
 
 try:                                    # libyaml is in the PyYAML wheels
@@ -146,6 +147,25 @@ def backend_list(v):
         raise Problem(f"{v!r} names a backend twice")
     return tuple(v)
 backend_list.doc = "list of passwd-file | system | pam, tried in order"
+
+
+def uidl_source_list(v):
+    """Where UIDLs come from, tried in order per message; popd's own id
+    is always the last resort, so nothing may follow it."""
+    if isinstance(v, str):
+        v = [v]
+    allowed = ", ".join(UIDL_SOURCES)
+    if not isinstance(v, list) or not v:
+        raise Problem(f"{v!r} is not a non-empty list; allowed: {allowed}")
+    for item in v:
+        if item not in UIDL_SOURCES:
+            raise Problem(f"{item!r} is not a UIDL source; allowed: {allowed}")
+    if len(set(v)) != len(v):
+        raise Problem(f"{v!r} names a source twice")
+    if "popd" in v[:-1]:
+        raise Problem(f"{v!r}: nothing may follow popd, which gives every message an id")
+    return tuple(v) if v[-1] == "popd" else (*v, "popd")
+uidl_source_list.doc = "list of x-uidl | dovecot | popd, tried in order (popd last)"
 
 
 def path_list(v):
@@ -346,6 +366,17 @@ KEYS = [
         "Group allowed to create <mbox>.lock in the spool (Debian: mail); "
         "only a tiny per-session lock helper holds it.  Unset: dot-locks "
         "only where the owner may create them, fcntl locks always."),
+    Key("mail.uidl_source", uidl_source_list, ["popd"],
+        "UIDLs another server left in the mbox, kept when moving to popd so "
+        "that clients do not download everything again: x-uidl (qpopper, "
+        "GNU Mailutils), dovecot (X-UID + X-IMAPbase as %08Xu%08Xv), tried "
+        "in order per message, then popd's own.  Read once, at the first "
+        "open of each maildrop, and remembered; see popd(8), MIGRATING."),
+    Key("mail.expire_days", optional(integer(0, 36500)), None,
+        "RFC 2449 EXPIRE: a message retrieved in a session that quit at "
+        "least this many days ago is removed at the next QUIT (0: at the "
+        "QUIT of the session that retrieved it); announced as EXPIRE N.  "
+        "Unset: nothing expires, announced as EXPIRE NEVER."),
     Key("mail.state_dir", absolute_path, "/var/lib/popd",
         "Root-owned 0711 directory; popd keeps per-uid 0700 subdirectories "
         "there.", False),

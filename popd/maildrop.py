@@ -18,8 +18,9 @@ import fcntl
 import hashlib
 import os
 import stat
+import time
 
-from . import index_cache, limits, locking, mbox, mbox_update, uidl
+from . import expiry, foreign_uidl, index_cache, limits, locking, mbox, mbox_update, uidl
 from .logsetup import log
 
 
@@ -32,7 +33,8 @@ class MailboxError(Exception):
 
 
 class Maildrop:
-    def __init__(self, path, uid, state_dir, lock_helper=None):
+    def __init__(self, path, uid, state_dir, lock_helper=None,
+                 uidl_source=("popd",), expire_days=None):
         self.path = path
         self.uid = uid
         key = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:20]
@@ -40,6 +42,10 @@ class Maildrop:
         self.journal = base + ".journal"
         self.index_file = base + ".index"
         self.uid_state = base + ".uidl"
+        self.foreign_file = base + ".foreign"
+        self.retrieved_file = base + ".retrieved"
+        self.uidl_source = uidl_source
+        self.expire_days = expire_days
         self.session_lock = base + ".session"
         self.lock_helper = lock_helper
         self.fd = None
@@ -47,6 +53,7 @@ class Maildrop:
         self.index = mbox.MboxIndex()
         self._ids = None
         self._state = None
+        self._foreign = None        # per message: the id kept from another server, or None
         # UIDL base ids of the indexed messages, 24 characters each,
         # concatenated: the index cache's form (split only for UIDL).
         self._base_text = ""
@@ -58,7 +65,8 @@ class Maildrop:
             fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_NOCTTY
                          | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            return self                           # an empty maildrop
+            self._take_foreign_ids()              # an empty maildrop: nothing to take
+            return self
         except OSError as e:
             log.error("mailbox %s: cannot open as uid %d: %s", self.path,
                       self.uid, e.strerror)
@@ -94,7 +102,28 @@ class Maildrop:
                 # open with no new mail writes nothing.
                 self._base_text += uidl.base_text(fd, self.index, first=known)
                 self._save_index()
+            self._take_foreign_ids()
         return self
+
+    def _take_foreign_ids(self):
+        """The first open with mail.uidl_source naming another server:
+        read its ids from the headers, once (foreign_uidl.py says why),
+        while the lock guarantees the bytes match the index."""
+        if (not foreign_uidl.FOREIGN.intersection(self.uidl_source)
+                or foreign_uidl.load(self.foreign_file) is not None):
+            return
+        found = {}
+        if self.fd is not None and len(self.index):
+            found = foreign_uidl.read(self.fd, self.index, uidl.split(self._base_text),
+                                      self.uidl_source, self.path)
+        self._save_foreign(found)
+
+    def _save_foreign(self, found):
+        try:
+            foreign_uidl.save(self.foreign_file, found)
+        except OSError as e:
+            log.error("state %s: cannot save the ids kept from the file: %s",
+                      self.foreign_file, e.strerror)
 
     def _save_index(self):
         try:
@@ -140,10 +169,19 @@ class Maildrop:
     def ids(self):
         if self._ids is None:
             bases = uidl.split(self._base_text)
+            known = foreign_uidl.load(self.foreign_file) or {}
+            self._foreign, used = foreign_uidl.place(bases, known)
+            if used != known:
+                self._save_foreign(used)        # forget ids of messages gone
+            # popd's own ids for the rest (suffixes counted among them).
+            own = [n for n, uid in enumerate(self._foreign) if uid is None]
             stored = uidl.load_state(self.uid_state)
-            self._ids, self._state = uidl.assign(bases, stored)
+            assigned, self._state = uidl.assign([bases[n] for n in own], stored)
             if self._state != stored:
                 self._save_state(self._state)
+            self._ids = list(self._foreign)
+            for n, uid in zip(own, assigned):
+                self._ids[n] = uid
         return self._ids
 
     def _save_state(self, state):
@@ -153,24 +191,48 @@ class Maildrop:
             log.error("state %s: cannot save UIDs: %s", self.uid_state, e.strerror)
 
     # -- update ------------------------------------------------------------------
-    def update(self, deleted):
+    def expiring(self, retrieved):
+        """Message numbers EXPIRE removes at this update, `retrieved` being
+        those this session retrieved (expiry.py)."""
+        if self.expire_days is None or self.fd is None:
+            return set()
+        return expiry.due(self.ids(), expiry.load(self.retrieved_file), time.time(),
+                          self.expire_days, retrieved)
+
+    def update(self, deleted, retrieved=()):
         """Remove the messages numbered in `deleted` (0-based), keeping
-        everything else, including mail delivered since the session began."""
-        if not deleted or self.fd is None:
+        everything else, including mail delivered since the session began;
+        with EXPIRE, also count the session's retrievals (`retrieved`)."""
+        if self.fd is None or not (deleted or (retrieved and self.expire_days is not None)):
             return
         ids = self.ids()
-        with self._locked(True):
-            # apply_deletions first checks that the indexed part is exactly
-            # what the session saw (appends are fine): an MUA that rewrote
-            # the file meanwhile means nothing is deleted.
-            try:
-                mbox_update.apply_deletions(self.fd, self.index, set(deleted), self.journal)
-            except mbox_update.UpdateError as e:
-                log.error("mailbox %s: update %s: %s", self.path,
-                          "interrupted, finishes at the next login" if e.committed
-                          else "refused, nothing deleted", e)
-                raise MailboxError(e.code, e.text) from None
-        self._save_state(uidl.after_deletion(ids, set(deleted), self._state))
+        if deleted:
+            with self._locked(True):
+                # apply_deletions first checks that the indexed part is
+                # exactly what the session saw (appends are fine): an MUA
+                # that rewrote the file meanwhile means nothing is deleted.
+                try:
+                    mbox_update.apply_deletions(self.fd, self.index, set(deleted),
+                                                self.journal)
+                except mbox_update.UpdateError as e:
+                    log.error("mailbox %s: update %s: %s", self.path,
+                              "interrupted, finishes at the next login" if e.committed
+                              else "refused, nothing deleted", e)
+                    raise MailboxError(e.code, e.text) from None
+            self._save_state(uidl.after_deletion(ids, set(deleted), self._state))
+            if any(uid is not None for uid in self._foreign):
+                self._save_foreign(foreign_uidl.kept(uidl.split(self._base_text),
+                                                     self._foreign, set(deleted)))
+        if self.expire_days is not None:
+            self._save_retrieved(expiry.after_session(
+                ids, expiry.load(self.retrieved_file), set(retrieved), set(deleted),
+                int(time.time())))
+
+    def _save_retrieved(self, retrieved):
+        try:
+            expiry.save(self.retrieved_file, retrieved)
+        except OSError as e:
+            log.error("state %s: cannot save retrievals: %s", self.retrieved_file, e.strerror)
 
     def close(self):
         for fd in (self.fd, self.session_fd):

@@ -56,6 +56,21 @@ COMMANDS = {
 }
 
 # Reply texts: constants, never built from client input.
+# RFC 2449: what the logged-in session implements, offered in every state.
+SESSION_CAPABILITIES = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+
+
+def policy_capabilities(cfg):
+    """RFC 2449 EXPIRE and LOGIN-DELAY, exactly as enforced: EXPIRE NEVER
+    when mail.expire_days is unset (popd then removes only what clients
+    delete), LOGIN-DELAY only when limits.login_delay is set."""
+    days = cfg.mail.expire_days
+    caps = [b"EXPIRE NEVER" if days is None else b"EXPIRE %d" % days]
+    if cfg.limits.login_delay:
+        caps.append(b"LOGIN-DELAY %d" % cfg.limits.login_delay)
+    return caps
+
+
 ERR_UNKNOWN = "Unknown command"
 ERR_STATE = "Command not valid in this state"
 ERR_ARGS = "Wrong number of arguments"

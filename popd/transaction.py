@@ -12,9 +12,9 @@ import time
 
 from . import mbox
 from .maildrop import MailboxError
-from .protocol import Closing, Session, State
+from .protocol import SESSION_CAPABILITIES, Closing, Session, State, policy_capabilities
 
-CAPABILITIES = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+
 ERR_NO_SUCH_MESSAGE = "No such message"
 ERR_DELETED = "Message is deleted"
 ERR_BAD_COUNT = "Invalid line count"
@@ -29,16 +29,16 @@ class ChildSession(Session):
     def __init__(self, sock, cfg, maildrop, leftover):
         super().__init__(sock, cfg.limits.max_bad_commands, leftover)
         self.idle_timeout = cfg.limits.idle_timeout
-        # RFC 2449: after login, the delay that applies to this user (the
+        # RFC 2449: after login, the policies that apply to this user (the
         # same for every user here).
-        self.capabilities = CAPABILITIES + ([b"LOGIN-DELAY %d" % cfg.limits.login_delay]
-                                            if cfg.limits.login_delay else [])
+        self.capabilities = SESSION_CAPABILITIES + policy_capabilities(cfg)
         self.drop = maildrop
         self.index = maildrop.index
         self.deleted = set()
-        self.retrieved = 0
+        self.retrieved = set()      # message numbers RETR sent whole (EXPIRE counts them)
         self.bytes_sent = 0
         self.removed = 0
+        self.expired = 0
 
     def deadline(self):
         return time.monotonic() + self.idle_timeout
@@ -105,7 +105,7 @@ class ChildSession(Session):
         if n is not None:
             self.ok(f"{self.index.octets(n)} octets")
             self.stream(mbox.iter_message(self.drop.fd, self.index, n, STREAM_CHUNK))
-            self.retrieved += 1
+            self.retrieved.add(n)
 
     def cmd_top(self, arg, count):
         n = self.message(arg)
@@ -147,15 +147,17 @@ class ChildSession(Session):
 
     def cmd_quit(self):
         self.state = State.UPDATE
+        expired = self.drop.expiring(self.retrieved) - self.deleted
         try:
-            self.drop.update(self.deleted)
+            self.drop.update(self.deleted | expired, self.retrieved)
         except MailboxError as e:
             self.err(e.text, code=e.code)
             raise Closing("update failed") from None
-        self.removed = len(self.deleted)
+        self.removed, self.expired = len(self.deleted), len(expired)
         # Locks go before the +OK (RFC 1939: release, then respond): a
         # client that reconnects as soon as it reads the answer must not
         # find its own finished session still holding the maildrop.
         self.drop.close()
-        self.ok(f"Bye, {self.removed} message(s) deleted")
+        self.ok(f"Bye, {self.removed} message(s) deleted"
+                + (f", {self.expired} expired" if self.expired else ""))
         raise Closing("quit")

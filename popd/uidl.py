@@ -14,7 +14,8 @@ strictly and, if anything in it is off, ignored (ids of duplicates may
 then change, which is the only cost).
 
 Ids are 24 base32 characters, or that plus `-N`: within RFC 1939's 1-70
-characters in 0x21-0x7E.
+characters in 0x21-0x7E.  Messages whose ids were taken over from another
+server (mail.uidl_source) keep those instead (foreign_uidl.py).
 
 Bases are computed when the mailbox is opened, for the messages the index
 cache has not seen (maildrop.py), and kept in that cache: a few us a
@@ -25,6 +26,8 @@ import collections
 import hashlib
 import os
 import re
+
+from . import state_files
 
 # Header names (lower case) whose changes must not change the id.
 STATUS_HEADERS = (b"status:", b"x-status:", b"x-keywords:", b"x-uid:", b"x-imap")
@@ -37,6 +40,9 @@ BASE_LEN = 24
 STATE_MAX = 1 << 20        # a state file larger than this is ignored
 _BASE = re.compile(r"[a-z2-7]{24}\Z")
 _SUFFIXED = re.compile(r"([a-z2-7]{24})(?:-([1-9][0-9]{0,5}))?\Z")
+# Any id of that shape, whatever its suffix: ids taken from other servers
+# never have it (foreign_uidl.py), so theirs and popd's cannot collide.
+_POPD_SHAPE = re.compile(r"[a-z2-7]{24}(?:-[0-9]+)?\Z")
 # A line that may start a status header (same names, any case); a head
 # without one, which is nearly every message, is digested in one call.
 _STATUS_LINE = re.compile(rb"\n(?:status:|x-status:|x-keywords:|x-uid:|x-imap)", re.I)
@@ -109,14 +115,21 @@ def compute_bases(fd, index, first=0):
 
 def base_text(fd, index, first=0):
     """Base ids of messages first.. in file order, concatenated (the index
-    cache's form: no Python object per message).  The heads come from
-    reads of RUN bytes starting at a message, each serving every message
-    whose head it holds.  About 3 us a message, most of it the digest and
-    base32."""
+    cache's form: no Python object per message).  About 3 us a message,
+    most of it the digest and base32."""
+    digests = b"".join(map(digest, iter_heads(fd, index, first)))
+    # A 15-byte digest encodes to 24 characters without padding: one
+    # base32 call for all of them gives each message's id in turn.
+    return base64.b32encode(digests).decode("ascii").lower()
+
+
+def iter_heads(fd, index, first=0):
+    """The head (From line and headers, up to HEAD_MAX) of messages
+    first.. in file order.  The heads come from reads of RUN bytes starting
+    at a message, each serving every message whose head it holds."""
     offsets, starts, _, _ = index.columns()     # the arrays: no call per field
     ends = offsets[first + 1:]
     ends.append(index.size)
-    digests = bytearray()
     buf, at = b"", 0                         # buf holds file bytes [at, at + len(buf))
     for offset, start, end in zip(offsets[first:], starts[first:], ends):
         hi = end if end - offset < HEAD_MAX else offset + HEAD_MAX
@@ -126,10 +139,17 @@ def base_text(fd, index, first=0):
             at = offset
             buf = os.pread(fd, hi - offset if end - offset > RUN
                            else min(RUN, index.size - offset), offset)
-        digests += digest(_head(buf, offset - at, start - at, hi - at))
-    # A 15-byte digest encodes to 24 characters without padding: one
-    # base32 call for all of them gives each message's id in turn.
-    return base64.b32encode(digests).decode("ascii").lower()
+        yield _head(buf, offset - at, start - at, hi - at)
+
+
+def is_base(text):
+    """A base id as popd makes them."""
+    return _BASE.match(text) is not None
+
+
+def popd_shaped(uid):
+    """The match if `uid` has the shape of one of popd's ids, else None."""
+    return _POPD_SHAPE.match(uid)
 
 
 def assign(bases, state):
@@ -177,15 +197,8 @@ def after_deletion(ids, deleted, state):
 
 def load_state(path):
     """Parse `<key>.uidl`; {} if absent or not exactly well-formed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return {}
-    try:
-        data = os.read(fd, STATE_MAX + 1)
-    finally:
-        os.close(fd)
-    if len(data) > STATE_MAX:
+    data = state_files.read(path, STATE_MAX)
+    if data is None:
         return {}
     state = {}
     try:
@@ -205,21 +218,7 @@ def load_state(path):
 
 
 def save_state(path, state):
-    """Write atomically (temporary file + rename in the state directory)."""
-    if not state:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        return
-    text = "".join(f"{b} {following} {' '.join(ids)}".rstrip() + "\n"
-                   for b, (following, ids) in sorted(state.items()))
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                 | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, text.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    """Write atomically; an empty state removes the file."""
+    state_files.write(path, "".join(f"{b} {following} {' '.join(ids)}".rstrip() + "\n"
+                                    for b, (following, ids) in sorted(state.items()))
+                      .encode("ascii"))

@@ -111,13 +111,14 @@ def split(data, cuts):
 
 
 def config(max_bad_commands=10, plaintext="always", implementation=None,
-           login_deadline=30, idle_timeout=600, login_delay=None):
+           login_deadline=30, idle_timeout=600, login_delay=None, expire_days=None):
     """The keys FrontSession and ChildSession read, as config.load makes them."""
     return types.SimpleNamespace(
         limits=types.SimpleNamespace(max_bad_commands=max_bad_commands,
                                      login_deadline=login_deadline,
                                      idle_timeout=idle_timeout, login_delay=login_delay),
         auth=types.SimpleNamespace(plaintext=plaintext),
+        mail=types.SimpleNamespace(expire_days=expire_days),
         implementation=implementation)
 
 
@@ -208,7 +209,7 @@ MBOX = (b"From alice@example.org Thu Nov 26 10:00:00 2026\n"
 class StubMaildrop:
     """A maildrop over an in-memory mbox: the real scanner, index and UID
     assignment; update() only records what QUIT would delete (the update
-    itself is test_mbox_update.py's business)."""
+    itself is test_mbox_update.py's business); nothing expires."""
 
     def __init__(self, data=MBOX):
         self.fd = os.memfd_create("mbox", os.MFD_CLOEXEC)
@@ -220,7 +221,10 @@ class StubMaildrop:
     def ids(self):
         return self._ids
 
-    def update(self, deleted):
+    def expiring(self, retrieved):
+        return set()
+
+    def update(self, deleted, retrieved=()):
         self.updated = set(deleted)
 
     def close(self):
@@ -286,7 +290,7 @@ FRONT_CODES = {None, "AUTH", "SYS/TEMP", "IN-USE"}
 
 
 def front_body_lines(implementation=None):
-    caps = set(authorization.BASE_CAPABILITIES) | {b"USER", b"STLS"}
+    caps = set(protocol.SESSION_CAPABILITIES) | {b"USER", b"STLS", b"EXPIRE NEVER"}
     caps.add(b"SASL " + " ".join(sasl.MECHANISMS).encode())
     if implementation:
         caps.add(b"IMPLEMENTATION " + implementation.encode())

@@ -1,0 +1,213 @@
+"""UIDLs another server left in the mbox, kept when a site switches to popd.
+
+Runs in: the session child, as the mailbox owner.
+
+Clients that leave mail on the server remember it by UIDL; new ids after a
+migration make every one of them download everything again.  With
+`mail.uidl_source` naming other servers' schemes, each message's id is
+taken, the first time popd opens the maildrop, from the first source in the
+list that gives one for it:
+
+- `x-uidl`: the message's first `X-UIDL:` header (qpopper, GNU Mailutils
+  pop3d, and Dovecot's pop3_reuse_xuidl).
+- `dovecot`: Dovecot's default pop3_uidl_format `%08Xu%08Xv`: the
+  message's `X-UID:` and the UIDVALIDITY of the `X-IMAPbase:` header of the
+  file's first message, as 8 lower-case hex digits each (what Dovecot 2.3
+  prints).  X-UIDs must rise strictly in file order, as Dovecot requires.
+- `popd`: popd's own id (uidl.py), which every message falls back to.
+
+An id from the file must be 1-70 characters in 0x21-0x7E (RFC 1939), must
+not have the shape of popd's own ids (so the two can never collide) and
+must not repeat an id an earlier message took; otherwise the next source is
+tried, and the refusal is logged.
+
+Why only once: those headers are in the mail, and a sender can put any
+`X-UIDL:` in a new message.  Read at every open, a forged one could take
+the id of a message a client has already downloaded and deleted, and that
+client would then never fetch the new message.  So the ids read at the
+first open are remembered in the state directory (`<key>.foreign`: each
+message's popd base id with the foreign ids of the messages carrying it, in
+file order) and mail that arrives later gets popd's ids, whatever headers
+it carries.  popd still writes nothing into the mail.  The map is used
+whenever it exists, whatever `mail.uidl_source` now says: ids handed out
+must not change.  The file is owned by the user and read strictly; if it is
+off in any way it is rebuilt from the headers at the next open.
+"""
+import re
+
+from . import state_files, uidl
+from .logsetup import log
+
+SOURCES = ("x-uidl", "dovecot", "popd")
+FOREIGN = frozenset(SOURCES) - {"popd"}
+MAGIC = "popd-foreign-ids 1"
+# 100,000 messages with 70-character ids need 9.6 MB; a larger file is
+# not one popd wrote for any mbox it can serve.
+MAP_MAX = 16 << 20
+# Refusals logged one by one per open; the rest are counted.
+LOGGED_REFUSALS = 5
+UID_MAX = 2**32 - 1
+
+_HEADER = re.compile(rb"^(x-uidl|x-uid|x-imapbase)[ \t]*:[ \t]*([^\n]*)\n?", re.I | re.M)
+_VALID = re.compile(r"[\x21-\x7e]{1,70}\Z")
+
+
+def _fields(head):
+    """{name: value} of the first X-UIDL, X-UID and X-IMAPbase header of a
+    head (From line and headers), values stripped; a folded value (the
+    next line starts with blank space) is None: no server writes one."""
+    found = {}
+    for m in _HEADER.finditer(head):
+        name = m.group(1).lower()
+        if name in found:
+            continue
+        value = m.group(2).strip(b" \t\r")
+        folded = head[m.end():m.end() + 1] in (b" ", b"\t")
+        try:
+            found[name] = None if folded else value.decode("ascii")
+        except UnicodeDecodeError:
+            found[name] = None
+    return found
+
+
+def valid(uid):
+    """Usable as a UIDL here: RFC 1939's characters and length, and not
+    shaped like popd's own ids."""
+    return (uid is not None and _VALID.match(uid) is not None
+            and uidl.popd_shaped(uid) is None)
+
+
+class _Reader:
+    """Walks the messages in file order, remembering what the Dovecot
+    scheme needs from earlier messages."""
+
+    def __init__(self, sources):
+        self.sources = [s for s in sources if s in FOREIGN]
+        self.uidvalidity = None
+        self.last_uid = 0
+        self.taken = set()
+        self.refused = []           # (message number, source, reason)
+        self.counts = dict.fromkeys(self.sources, 0)
+
+    def first_head(self, fields):
+        base = fields.get(b"x-imapbase")
+        token = base.split()[0] if base and base.split() else ""
+        if token.isdigit() and 0 < int(token) <= UID_MAX:
+            self.uidvalidity = int(token)
+
+    def id_for(self, n, fields):
+        for source in self.sources:
+            uid, reason = self._candidate(source, fields)
+            if uid is None:
+                if reason:
+                    self.refused.append((n, source, reason))
+                continue
+            if uid in self.taken:
+                self.refused.append((n, source, f"{uid} is an earlier message's id"))
+                continue
+            self.taken.add(uid)
+            self.counts[source] += 1
+            return uid
+        return None
+
+    def _candidate(self, source, fields):
+        """(id, None), or (None, why it was refused), or (None, None) when
+        the message has nothing for this source."""
+        if source == "x-uidl":
+            if b"x-uidl" not in fields:
+                return None, None
+            value = fields[b"x-uidl"]
+            if not valid(value):
+                return None, f"X-UIDL {value!r} is not a valid id"
+            return value, None
+        if b"x-uid" not in fields:
+            return None, None
+        value = fields[b"x-uid"]
+        if self.uidvalidity is None:
+            return None, "no X-IMAPbase UIDVALIDITY in the first message"
+        if not (value and value.isdigit() and 0 < int(value) <= UID_MAX):
+            return None, f"X-UID {value!r} is not a number 1..{UID_MAX}"
+        if int(value) <= self.last_uid:
+            return None, f"X-UID {value} does not follow {self.last_uid}"
+        self.last_uid = int(value)
+        return f"{self.last_uid:08x}{self.uidvalidity:08x}", None
+
+
+def read(fd, index, bases, sources, path):
+    """The map {popd base: [foreign ids in file order]} for the messages
+    of `index` (bases: their popd base ids), from the sources in order."""
+    reader = _Reader(sources)
+    found = {}
+    for n, head in enumerate(uidl.iter_heads(fd, index)):
+        fields = _fields(head)
+        if n == 0:
+            reader.first_head(fields)
+        uid = reader.id_for(n, fields)
+        if uid is not None:
+            found.setdefault(bases[n], []).append(uid)
+    for n, source, reason in reader.refused[:LOGGED_REFUSALS]:
+        log.warning("mailbox %s: message %d keeps popd's id, not the %s one: %s",
+                    path, n + 1, source, reason)
+    if len(reader.refused) > LOGGED_REFUSALS:
+        log.warning("mailbox %s: %d more ids from the file refused",
+                    path, len(reader.refused) - LOGGED_REFUSALS)
+    taken = sum(reader.counts.values())
+    log.info("mailbox %s: UIDLs kept from the file: %s; %d of %d messages have popd's",
+             path, ", ".join(f"{s} {c}" for s, c in reader.counts.items()),
+             len(bases) - taken, len(bases))
+    return found
+
+
+def place(bases, known):
+    """Per message (file order) its remembered foreign id or None, and the
+    part of `known` still in use (a copy of a base takes the base's ids in
+    order; ids of messages gone are dropped)."""
+    ids = [None] * len(bases)
+    used = {}
+    for i, b in enumerate(bases):
+        remembered = known.get(b)
+        if remembered:
+            taken = used.setdefault(b, [])
+            if len(taken) < len(remembered):
+                ids[i] = remembered[len(taken)]
+                taken.append(ids[i])
+    return ids, used
+
+
+def kept(bases, ids, gone):
+    """The map to remember once the messages numbered in `gone` are gone."""
+    out = {}
+    for i, (b, uid) in enumerate(zip(bases, ids)):
+        if uid is not None and i not in gone:
+            out.setdefault(b, []).append(uid)
+    return out
+
+
+def load(path):
+    """The map in `path`; None if absent or not exactly well-formed."""
+    data = state_files.read(path, MAP_MAX)
+    if data is None:
+        return None
+    try:
+        first, *lines = data.decode("ascii").split("\n")
+    except UnicodeDecodeError:
+        return None
+    if first != MAGIC or lines[-1:] != [""]:
+        return None
+    found, seen = {}, set()
+    for line in lines[:-1]:
+        base, *ids = line.split(" ")
+        if (not uidl.is_base(base) or base in found or not ids
+                or not all(valid(uid) for uid in ids) or seen.intersection(ids)
+                or len(set(ids)) != len(ids)):
+            return None
+        seen.update(ids)
+        found[base] = ids
+    return found
+
+
+def save(path, found):
+    """Write atomically; an empty map is a file too: it records that the
+    headers were read once."""
+    text = MAGIC + "\n" + "".join(f"{b} {' '.join(ids)}\n" for b, ids in sorted(found.items()))
+    state_files.write(path, text.encode("ascii"))
