@@ -1,6 +1,8 @@
 """Issue 14: the site policies big POP3 hosts enforce, against the live
-daemon.  Several certificates chosen by SNI (tls.certificates) are at
-the end.
+daemon: LOGIN-DELAY, then EXPIRE (mail.expire_days: retrieved mail removed
+at a later QUIT, through the DELE journal; the journal's crash safety is
+tests/unit/test_mbox_update.py's).  Several certificates chosen by SNI
+(tls.certificates) are at the end.
 
 LOGIN-DELAY: limits.login_delay seconds between the end of a user's
 session and that user's next login, kept by the broker, announced in CAPA
@@ -65,6 +67,87 @@ def test_no_login_delay_is_announced_unless_enforced():
         c.quit()
         reply, _ = attempt(d, "alice", USERS["alice"][0])
         assert reply == replies.LOGGED_IN
+
+
+# -- EXPIRE ---------------------------------------------------------------------------
+
+def three_messages():
+    return b"".join(b"From a@b Thu Nov 26 10:00:0%d 2026\nSubject: n%d\n\nhi %d\n\n" % (i, i, i)
+                    for i in range(1, 4))
+
+
+def session(d, user, *commands):
+    """Log in, run poplib calls by name, quit; the QUIT answer."""
+    c = poplib.POP3(d.host, d.port, timeout=30)
+    c.user(user)
+    c.pass_(USERS[user][0])
+    for name, *args in commands:
+        getattr(c, name)(*args)
+    return c.quit()
+
+
+def subjects(path):
+    return [line.split(b": ")[1] for line in path.read_bytes().splitlines()
+            if line.startswith(b"Subject: ")]
+
+
+def test_expire_is_announced_exactly_as_enforced():
+    for days, cap in ((None, "EXPIRE NEVER"), (0, "EXPIRE 0"), (30, "EXPIRE 30")):
+        with Daemon(extra={"mail": {"expire_days": days}}) as d:
+            d.write_mbox("alice", MBOX)
+            c = poplib.POP3(d.host, d.port, timeout=30)
+            before = [x for x in capabilities(c) if x.startswith("EXPIRE")]
+            c.user("alice")
+            c.pass_(USERS["alice"][0])
+            after = [x for x in capabilities(c) if x.startswith("EXPIRE")]
+            c.quit()
+            assert before == after == [cap]
+
+
+def test_expire_zero_removes_what_a_session_retrieved_at_its_quit():
+    with Daemon(extra={"mail": {"expire_days": 0}}) as d:
+        alice = d.write_mbox("alice", three_messages())
+        bob = d.write_mbox("bob", three_messages())
+        # TOP is not a retrieval; a dropped session counts nothing.
+        c = poplib.POP3(d.host, d.port, timeout=30)
+        c.user("alice")
+        c.pass_(USERS["alice"][0])
+        c.retr(1)
+        c.close()
+        assert session(d, "alice", ("top", 3, 0)) == b"+OK Bye, 0 message(s) deleted"
+        assert subjects(alice) == [b"n1", b"n2", b"n3"]
+        assert session(d, "alice", ("retr", 2)) == b"+OK Bye, 0 message(s) deleted, 1 expired"
+        assert subjects(alice) == [b"n1", b"n3"]
+        assert session(d, "bob", ("stat",)) == b"+OK Bye, 0 message(s) deleted"
+        assert subjects(bob) == [b"n1", b"n2", b"n3"]
+        d.wait_for_log("expired=1")
+
+
+def test_expire_days_count_from_the_first_retrieval_and_act_at_the_next_quit():
+    with Daemon(extra={"mail": {"expire_days": 2}}) as d:
+        alice = d.write_mbox("alice", three_messages())
+        assert session(d, "alice", ("retr", 1), ("retr", 3)) == b"+OK Bye, 0 message(s) deleted"
+        [state] = (d.base / "state" / str(USERS["alice"][1])).glob("*.retrieved")
+        first = dict(line.split() for line in state.read_text().splitlines())
+        assert len(first) == 2
+        # Two days pass for message 1 only (the file holds the clock's
+        # times; the test moves one back, as root could).
+        c = poplib.POP3(d.host, d.port, timeout=30)
+        c.user("alice")
+        c.pass_(USERS["alice"][0])
+        ids = {n: uid for n, uid in (line.decode().split() for line in c.uidl()[1])}
+        c.quit()
+        old = ids["1"]
+        assert set(first) == {old, ids["3"]}
+        state.write_text("".join(f"{u} {int(t) - (2 * 86400 if u == old else 0)}\n"
+                                 for u, t in first.items()))
+        with open(alice, "ab") as f:
+            f.write(b"From a@b Thu Nov 26 10:00:09 2026\nSubject: n4\n\nnew\n\n")
+        assert session(d, "alice", ("stat",)) == b"+OK Bye, 0 message(s) deleted, 1 expired"
+        assert subjects(alice) == [b"n2", b"n3", b"n4"]
+        assert session(d, "alice", ("stat",)) == b"+OK Bye, 0 message(s) deleted"
+        left = dict(line.split() for line in state.read_text().splitlines())
+        assert list(left) == [ids["3"]]
 
 
 # -- several certificates, by SNI ---------------------------------------------------
