@@ -53,6 +53,7 @@ class Maildrop:
         self.index = mbox.MboxIndex()
         self._ids = None
         self._state = None
+        self._stored = None         # the ids kept from another server (foreign_uidl.load)
         self._foreign = None        # per message: the id kept from another server, or None
         # UIDL base ids of the indexed messages, 24 characters each,
         # concatenated: the index cache's form (split only for UIDL).
@@ -106,21 +107,23 @@ class Maildrop:
         return self
 
     def _take_foreign_ids(self):
-        """The first open with mail.uidl_source naming another server:
-        read its ids from the headers, once (foreign_uidl.py says why),
-        while the lock guarantees the bytes match the index."""
-        if (not foreign_uidl.FOREIGN.intersection(self.uidl_source)
-                or foreign_uidl.load(self.foreign_file) is not None):
+        """Load the ids kept from another server; at the first open with
+        mail.uidl_source naming one, read them from the headers, once
+        (foreign_uidl.py says why), while the lock guarantees the bytes
+        match the index."""
+        self._stored = foreign_uidl.load(self.foreign_file)
+        if self._stored is not None or not foreign_uidl.FOREIGN.intersection(self.uidl_source):
             return
-        found = {}
-        if self.fd is not None and len(self.index):
-            found = foreign_uidl.read(self.fd, self.index, uidl.split(self._base_text),
-                                      self.uidl_source, self.path)
-        self._save_foreign(found)
+        bases = uidl.split(self._base_text)
+        found = []
+        if self.fd is not None and bases:
+            found = foreign_uidl.read(self.fd, self.index, bases, self.uidl_source, self.path)
+        self._save_foreign(bases, found)
+        self._stored = foreign_uidl.load(self.foreign_file) or ("", [])
 
-    def _save_foreign(self, found):
+    def _save_foreign(self, bases, ids):
         try:
-            foreign_uidl.save(self.foreign_file, found)
+            foreign_uidl.save(self.foreign_file, bases, ids)
         except OSError as e:
             log.error("state %s: cannot save the ids kept from the file: %s",
                       self.foreign_file, e.strerror)
@@ -169,10 +172,9 @@ class Maildrop:
     def ids(self):
         if self._ids is None:
             bases = uidl.split(self._base_text)
-            known = foreign_uidl.load(self.foreign_file) or {}
-            self._foreign, used = foreign_uidl.place(bases, known)
-            if used != known:
-                self._save_foreign(used)        # forget ids of messages gone
+            self._foreign, moved = foreign_uidl.place(bases, self._stored or ("", []))
+            if moved:
+                self._save_foreign(bases, self._foreign)
             # popd's own ids for the rest (suffixes counted among them).
             own = [n for n, uid in enumerate(self._foreign) if uid is None]
             stored = uidl.load_state(self.uid_state)
@@ -220,9 +222,11 @@ class Maildrop:
                               else "refused, nothing deleted", e)
                     raise MailboxError(e.code, e.text) from None
             self._save_state(uidl.after_deletion(ids, set(deleted), self._state))
-            if any(uid is not None for uid in self._foreign):
-                self._save_foreign(foreign_uidl.kept(uidl.split(self._base_text),
-                                                     self._foreign, set(deleted)))
+            if any(self._foreign):
+                gone = set(deleted)
+                kept = [n for n in range(len(ids)) if n not in gone]
+                bases = uidl.split(self._base_text)
+                self._save_foreign([bases[n] for n in kept], [self._foreign[n] for n in kept])
         if self.expire_days is not None:
             self._save_retrieved(expiry.after_session(
                 ids, expiry.load(self.retrieved_file), set(retrieved), set(deleted),
