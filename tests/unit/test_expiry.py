@@ -2,6 +2,9 @@
 what a session records, and hostile state files."""
 import os
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from popd import expiry, maildrop, mbox
 
 DAY = expiry.DAY
@@ -100,3 +103,12 @@ def test_hostile_state_files_are_ignored(tmp_path):
     os.unlink(path)
     os.symlink(tmp_path / "elsewhere", path)
     assert expiry.load(str(path)) == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_state_file_loads_as_a_mapping_of_valid_ids(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("r") / "retrieved"
+    path.write_bytes(data)
+    for uid, when in expiry.load(str(path)).items():
+        assert 1 <= len(uid) <= 70 and " " not in uid and isinstance(when, int)

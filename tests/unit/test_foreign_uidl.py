@@ -188,3 +188,19 @@ def test_any_headers_give_unique_valid_ids(tmp_path_factory, headers, order):
     ids = Box(tmp_path_factory.mktemp("h"), data, (*order, "popd")).session()
     assert len(ids) == len(headers) and len(set(ids)) == len(ids)
     assert all(foreign_uidl.valid(uid) or popd_shaped(uid) for uid in ids)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300),
+                 st.lists(st.sampled_from(["popd-foreign-ids 2", "a" * 24, "b" * 48, "qp-1",
+                                           " ", "", "qp-1 qp-2", "x" * 71, "a" * 24 + "-2"]),
+                          max_size=6).map(lambda parts: "\n".join(parts).encode())))
+def test_any_map_file_loads_as_none_or_a_consistent_map(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("f") / "map"
+    path.write_bytes(data)
+    loaded = foreign_uidl.load(str(path))
+    if loaded is not None:
+        text, ids = loaded
+        assert len(text) == len(ids) * uidl.BASE_LEN
+        given = [uid for uid in ids if uid is not None]
+        assert len(set(given)) == len(given) and all(foreign_uidl.valid(uid) for uid in given)
