@@ -11,8 +11,10 @@ the owner may create `<mbox>.lock`, or through the lock helper holding
 by the supervisor (sessions.py), which the owner cannot touch; the flock
 on `<state>/<key>.session`, held for the whole session, is only a second
 line, since the owner may delete that file.  The key is a digest of the
-mbox path, so virtual users sharing a uid do not collide.  Journal, UID state and session lock all live in the per-uid
-state directory, never in the spool.
+mbox path, so virtual users sharing a uid do not collide.  Journal, index
+cache, UID state (uidl.py), ids kept from another server (foreign_uidl.py),
+first retrievals for EXPIRE (expiry.py) and the session lock all live in
+the per-uid state directory, never in the spool.
 """
 import fcntl
 import hashlib
@@ -119,7 +121,7 @@ class Maildrop:
         if self.fd is not None and bases:
             found = foreign_uidl.read(self.fd, self.index, bases, self.uidl_source, self.path)
         self._save_foreign(bases, found)
-        self._stored = foreign_uidl.load(self.foreign_file) or ("", [])
+        self._stored = ("".join(bases), found) if any(found) else ("", [])
 
     def _save_foreign(self, bases, ids):
         try:
