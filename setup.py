@@ -16,7 +16,8 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-2-Clause",
     python_requires=">=3.11",
-    packages=["popd"],
+    packages=["popd", "popd.broker", "popd.mail", "popd.pop3", "popd.slot",
+              "popd.supervisor", "popd.unix"],
     install_requires=[
         # libpass is the maintained passlib fork and installs the `passlib`
         # import name; never depend on passlib as well (they overwrite each
@@ -25,11 +26,11 @@ setup(
         "bcrypt>=4.1,<6",
         "argon2-cffi>=23.1,<26",
         "python-daemon>=3.1.2,<4",
-        # popd/proctitle.py loads its C module directly (it says why):
+        # popd/unix/proctitle.py loads its C module directly (it says why):
         # only releases whose layout was checked.
         "setproctitle>=1.3.3,<1.4",
         "PyYAML>=6.0.1,<7",
-        # The pam backend (popd/pam_auth.py says why this binding).
+        # The pam backend (popd/broker/pam_auth.py says why this binding).
         "pamela==1.2.0",
     ],
     extras_require={

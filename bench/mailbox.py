@@ -25,7 +25,7 @@ from tests.daemon import USERS, Daemon  # noqa: E402
 
 
 def expected_messages(data):
-    """Reference transform, independent of popd.mbox: split on "\\nFrom ",
+    """Reference transform, independent of popd.mail.mbox: split on "\\nFrom ",
     drop the From line and one trailing line end, CRLF, dot-stuff."""
     out = []
     for raw in data[5:].split(b"\nFrom "):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark popd.mbox.scan (and RETR streaming) on a generated mbox.
+"""Benchmark popd.mail.mbox.scan (and RETR streaming) on a generated mbox.
 
 Generates a deterministic mbox of the requested size (about 10 KiB per
 message, so 1 GiB is ~100,000 messages; bodies of ~70-byte lines with
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from popd import mbox  # noqa: E402
+from popd.mail import mbox  # noqa: E402
 
 WORDS = (b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do "
          b"eiusmod tempor incididunt ut labore et dolore magna aliqua From "

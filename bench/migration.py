@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from popd import logsetup, maildrop  # noqa: E402
+from popd.mail import maildrop  # noqa: E402
+from popd.unix import logsetup  # noqa: E402
 
 
 def make_mbox(path, count):

@@ -10,8 +10,10 @@ import argparse
 import os
 import sys
 
-from . import (__version__, config, daemonize, logsetup, proctitle, startup_checks,
-               supervisor)
+from popd import __version__, config
+from popd.supervisor import daemonize, startup_checks
+from popd.supervisor import loop as supervisor
+from popd.unix import logsetup, proctitle
 
 
 def parse_args(argv):

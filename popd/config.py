@@ -20,9 +20,8 @@ from typing import Any, Callable
 
 import yaml
 
-from . import limits, mailpath
-from .foreign_uidl import SOURCES as UIDL_SOURCES
-from .tls import MOZILLA_INTERMEDIATE_CIPHERS
+from popd import limits, mailpath
+from popd.unix.tls import MOZILLA_INTERMEDIATE_CIPHERS
 
 try:                                    # libyaml is in the PyYAML wheels
     _BaseLoader = yaml.CSafeLoader
@@ -147,6 +146,10 @@ def backend_list(v):
         raise Problem(f"{v!r} names a backend twice")
     return tuple(v)
 backend_list.doc = "list of passwd-file | system | pam, tried in order"
+
+
+# mail.uidl_source: where each message's UIDL may come from (mail/foreign_uidl.py).
+UIDL_SOURCES = ("x-uidl", "dovecot", "popd")
 
 
 def uidl_source_list(v):

@@ -27,7 +27,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from . import limits
+from popd import limits
 
 VERSION = 1
 _HEADER = struct.Struct("!BBH")

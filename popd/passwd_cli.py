@@ -38,8 +38,9 @@ import stat
 import sys
 import tempfile
 
-from . import __version__, passwd
-from .limits import MAX_SECRET
+from popd import __version__
+from popd.broker import passwd
+from popd.limits import MAX_SECRET
 
 PROG = "popd-passwd"
 # ARGON2ID is what Dovecot's `doveadm pw` writes today, so the file stays

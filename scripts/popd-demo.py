@@ -25,7 +25,7 @@ import time
 
 import yaml
 
-from popd import passwd
+from popd.broker import passwd
 
 POPD, LOGIN, AUTH, DEMO = 60090, 60091, 60092, 60100
 NOBODY = 65534

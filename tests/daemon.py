@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from popd import passwd
+from popd.broker import passwd
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,11 +12,13 @@ import os
 import socket
 import types
 
-from popd import authorization, ipc, mbox, protocol, sasl, uidl
-from popd.authorization import FrontSession
+from popd import ipc
 from popd.ipc import Channel, Role
-from popd.linereader import OVERLONG
-from popd.transaction import ChildSession
+from popd.mail import mbox, uidl
+from popd.pop3 import authorization, protocol, sasl
+from popd.pop3.authorization import FrontSession
+from popd.pop3.linereader import OVERLONG
+from popd.pop3.transaction import ChildSession
 
 # recv() on the scripted socket raises BlockingIOError for this chunk, so
 # the reader's wait path runs (select() on an fd that is always readable).

@@ -48,8 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 with atheris.instrument_imports(include=["popd"]):
     # authorization, transaction, mbox and uidl are used through
     # tests/stubs.py: imported here so that they are instrumented too.
-    from popd import (authorization, ipc, limits, linereader, mbox,  # noqa: F401
-                      protocol, sasl, transaction, uidl)
+    from popd import ipc, limits  # noqa: F401
+    from popd.mail import mbox, uidl  # noqa: F401
+    from popd.pop3 import authorization, linereader, protocol, sasl, transaction  # noqa: F401
 
 from tests import stubs  # noqa: E402  (after the instrumented imports, on purpose)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from popd import passwd
+from popd.broker import passwd
 from tests import replies
 from tests.daemon import Daemon, attempt, status
 from tests.host_accounts import make_etc, namespace_wrap, namespaces_work

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from popd import daemonize
+from popd.supervisor import daemonize
 from tests import replies
 from tests.daemon import REPO, USERS, Daemon, descendants, status, title
 

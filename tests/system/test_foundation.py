@@ -12,8 +12,7 @@ import time
 import pytest
 
 from tests import replies
-from tests.daemon import (BROKER_UID, LOGIN_UID, POPD_UID, USERS, Daemon,
-                          descendants, status)
+from tests.daemon import BROKER_UID, LOGIN_UID, POPD_UID, USERS, Daemon, descendants, status
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from popd.broker import passwd
 from tests import foreign_servers
-from popd import passwd
 from tests.daemon import HASH_ROUNDS, USERS, Daemon, free_port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")

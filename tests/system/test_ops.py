@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from popd import config, passwd
+from popd import config
+from popd.broker import passwd
 from tests import replies
 from tests.daemon import HASH_ROUNDS, REPO, USERS, Daemon, status
 

@@ -77,6 +77,7 @@ def test_hup_names_keys_that_need_a_restart():
 
 def test_hup_reloads_the_passwd_file_and_the_certificate():
     import ssl
+
     import trustme
     with Daemon(tls=True) as d:
         d.write_mbox("alice", MBOX)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from popd import privileges
+from popd.unix import privileges
 from tests import replies
 from tests.daemon import BROKER_UID, LOGIN_UID, POPD_UID, USERS, Daemon, descendants, title
 from tests.system.test_foundation import MBOX, connect_raw, login

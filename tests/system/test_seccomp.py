@@ -1,4 +1,4 @@
-"""The fronts' seccomp filter (popd/seccomp.py), on live fronts and on a
+"""The fronts' seccomp filter (popd/unix/seccomp.py), on live fronts and on a
 process put through exactly a front's path (the program compiled once by
 seccomp.startup_problem as the supervisor does, then in a forked process
 process.after_fork, privileges.sandbox_front, privileges.limit_resources,
@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from popd import front, privileges, process, seccomp
+from popd.slot import front
+from popd.unix import privileges, process, seccomp
 from tests import replies
 from tests.daemon import LOGIN_UID, Daemon, status
 from tests.system.test_foundation import MBOX, login

@@ -10,7 +10,8 @@ import time
 import pytest
 import yaml
 
-from popd import privileges, sasl
+from popd.pop3 import sasl
+from popd.unix import privileges
 from tests import replies
 from tests.daemon import LOGIN_UID, USERS, Daemon, status
 from tests.system.test_foundation import MBOX, OCTETS, caps, socket_kinds
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as r
 
 NO_CAPS = "0000000000000000"
 BASE_CAPA = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+POLICY_CAPA = [b"EXPIRE NEVER"]     # mail.expire_days unset, no login_delay
 PLAIN_CAPA = [b"USER", b"SASL PLAIN"]
 # A password whose PLAIN initial response is longer than RFC 1939's 40
 # characters per argument (but fits the 255-octet command line).
@@ -112,13 +114,13 @@ def popd():
 def test_capa_follows_the_connection(popd):
     c = Client.connect(popd)
     assert c.line() == replies.GREETING
-    assert c.capa() == BASE_CAPA + [b"STLS"]            # tls-only: no USER, no SASL
+    assert c.capa() == BASE_CAPA + [b"STLS"] + POLICY_CAPA   # tls-only: no USER, no SASL
     c.starttls(popd)
-    assert c.capa() == BASE_CAPA + PLAIN_CAPA           # no STLS inside TLS
+    assert c.capa() == BASE_CAPA + PLAIN_CAPA + POLICY_CAPA   # no STLS inside TLS
     c.close()
     c = Client.implicit(popd)
     assert c.line() == replies.GREETING
-    assert c.capa() == BASE_CAPA + PLAIN_CAPA
+    assert c.capa() == BASE_CAPA + PLAIN_CAPA + POLICY_CAPA
     c.close()
 
 
@@ -146,7 +148,7 @@ def test_stls_injection_is_discarded(popd):
     assert c.line() == replies.BEGIN_TLS
     c.wrap(popd.client_context())
     assert nothing_arrives(c)                           # no CAPA answer inside TLS
-    assert c.capa() == BASE_CAPA + PLAIN_CAPA
+    assert c.capa() == BASE_CAPA + PLAIN_CAPA + POLICY_CAPA
     c.close()
     popd.wait_for_log("discarding 6 bytes sent before the handshake")
 
@@ -503,7 +505,7 @@ def test_cleartext_listener_with_plaintext_always():
         d.write_mbox("alice", MBOX)
         c = Client.connect(d)
         c.line()
-        assert c.capa() == BASE_CAPA + PLAIN_CAPA + [b"IMPLEMENTATION popd"]
+        assert c.capa() == BASE_CAPA + PLAIN_CAPA + POLICY_CAPA + [b"IMPLEMENTATION popd"]
         assert c.command(b"STLS") == replies.NO_STLS
         assert c.command(b"AUTH PLAIN " + sasl.encode_plain("alice", USERS["alice"][0])) \
             == replies.LOGGED_IN

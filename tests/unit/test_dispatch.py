@@ -1,4 +1,4 @@
-"""The supervisor's select turn (supervisor.dispatch): a key that an
+"""The supervisor's select turn (supervisor/loop.py, dispatch): a key that an
 earlier callback of the same turn unregistered and closed is not called.
 
 Found by the login benchmark: a child's pidfd and its socket became ready
@@ -7,7 +7,7 @@ out of the loop, taking the supervisor (and so the service) down."""
 import selectors
 import socket
 
-from popd.supervisor import dispatch
+from popd.supervisor.loop import dispatch
 
 
 def test_a_key_closed_earlier_in_the_turn_is_skipped():

@@ -5,7 +5,7 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popd import expiry, maildrop, mbox
+from popd.mail import expiry, maildrop, mbox
 
 DAY = expiry.DAY
 

@@ -6,7 +6,7 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popd import foreign_uidl, maildrop, uidl
+from popd.mail import foreign_uidl, maildrop, uidl
 
 BOTH = ("x-uidl", "dovecot", "popd")
 

@@ -7,7 +7,7 @@ from array import array
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popd import index_cache, maildrop, mbox, uidl
+from popd.mail import index_cache, maildrop, mbox, uidl
 
 
 def message(n):

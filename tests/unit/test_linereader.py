@@ -1,4 +1,4 @@
-"""The one place client bytes enter (popd/linereader.py), against a model.
+"""The one place client bytes enter (popd/pop3/linereader.py), against a model.
 
 The model (tests/stubs.py, model_lines): a stream is cut at each LF; a
 segment of n bytes is a line if n + 1 (its LF) fits the limit, with one
@@ -16,8 +16,15 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from popd import limits
-from popd.linereader import (MAX_DRAIN, OVERLONG, RECV_SIZE, Disconnected, LineReader,
-                             Timeout, TooLong)
+from popd.pop3.linereader import (
+    MAX_DRAIN,
+    OVERLONG,
+    RECV_SIZE,
+    Disconnected,
+    LineReader,
+    Timeout,
+    TooLong,
+)
 from tests.stubs import WOULD_BLOCK, ScriptedSocket, model_lines, split
 
 LIMIT = limits.MAX_COMMAND_LINE

@@ -1,4 +1,4 @@
-"""popd.locking: fcntl locks, dot-locks, interop with procmail, the lock helper.
+"""popd.mail.locking: fcntl locks, dot-locks, interop with procmail, the lock helper.
 
 Runs as root (uids are switched in forked processes); numeric ids only:
 61001 is the mailbox owner, 60010 the pool user, 60200 plays group "mail".
@@ -20,7 +20,8 @@ import time
 
 import pytest
 
-from popd import locking, privileges
+from popd.mail import locking
+from popd.unix import privileges
 
 OWNER = 61001
 POOL = 60010

@@ -1,7 +1,7 @@
-"""Property and unit tests for popd.mbox (scanner, RETR/TOP streaming).
+"""Property and unit tests for popd.mail.mbox (scanner, RETR/TOP streaming).
 
 Expectations are computed by small, line-by-line reference functions in this
-file from the bytes the test wrote, never from popd.mbox itself nor from
+file from the bytes the test wrote, never from popd.mail.mbox itself nor from
 ``mailbox.mbox(...)[i].as_bytes()``.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from popd import mbox
+from popd.mail import mbox
 
 FROM_LINE = b"From sender@example.org Mon Jan  1 00:00:00 2024"
 

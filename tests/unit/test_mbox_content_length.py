@@ -1,13 +1,13 @@
 """Mbox files Dovecot wrote: body lines starting with "From " are not
 quoted, Content-Length tells where the message ends.  popd joins the
 pieces back only with that proof, and never absorbs a message whose From
-line is real (popd/mbox.py, "Content-Length")."""
+line is real (popd/mail/mbox.py, "Content-Length")."""
 import os
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popd import mbox, mbox_update
+from popd.mail import mbox, mbox_update
 
 FROM = b"From sender@example.org  Thu Dec 03 16:26:35 2026\n"
 

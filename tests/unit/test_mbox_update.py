@@ -1,27 +1,27 @@
-"""Tests for popd.mbox_update: compaction after DELE, crash safety, recovery.
+"""Tests for popd.mail.mbox_update: compaction after DELE, crash safety, recovery.
 
 Expected mailboxes are built from the raw message spans the test wrote
 (``b"".join`` of the kept ones plus the appended ones), never from
-popd.mbox_update itself.  Crashes are real: a forked process runs the update
+popd.mail.mbox_update itself.  Crashes are real: a forked process runs the update
 with an IO object that SIGKILLs it at step k, and the parent recovers.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import signal
 import stat
 import struct
 import subprocess
-import hashlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from popd import mbox, mbox_update
-from popd.mbox_update import UpdateError, apply_deletions, recover, verify_unchanged
+from popd.mail import mbox, mbox_update
+from popd.mail.mbox_update import UpdateError, apply_deletions, recover, verify_unchanged
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,

@@ -1,4 +1,4 @@
-"""Unit tests for popd.passwd (broker side) and popd.passwd_cli (popd-passwd).
+"""Unit tests for popd.broker.passwd (broker side) and popd.passwd_cli (popd-passwd).
 
 Hashes come from Dovecot itself where we have them (its own test vectors and
 `doveadm pw` output), the rest from popd/libpass with cheap costs.  Argon2 is
@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from passlib.context import CryptContext
 
-from popd import passwd, passwd_cli
-from popd.passwd import PasswdEntry, PasswdError, Verifier
+from popd import passwd_cli
+from popd.broker import passwd
+from popd.broker.passwd import PasswdEntry, PasswdError, Verifier
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -311,7 +312,7 @@ def test_no_module_loads_after_warm_up(tmp_path):
     users.write_text(PASSWD_FILE)
     script = f"""
 import sys
-from popd import passwd
+from popd.broker import passwd
 v = passwd.Verifier("SHA512-CRYPT")
 v.warm_up()
 before = set(sys.modules)

@@ -18,7 +18,8 @@ import pytest
 from passlib.context import CryptContext
 
 import popd
-from popd import passwd, passwd_cli
+from popd import passwd_cli
+from popd.broker import passwd
 
 ROOT = Path(__file__).resolve().parents[2]
 # Cheap costs: the tests are about the file, not the hashes.

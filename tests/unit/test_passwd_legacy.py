@@ -10,11 +10,20 @@ import base64
 import hashlib
 
 import pytest
-from passlib.hash import (des_crypt, hex_md5, hex_sha256, ldap_md5, ldap_salted_md5,
-                          ldap_salted_sha1, ldap_salted_sha256, ldap_sha1, md5_crypt)
+from passlib.hash import (
+    des_crypt,
+    hex_md5,
+    hex_sha256,
+    ldap_md5,
+    ldap_salted_md5,
+    ldap_salted_sha1,
+    ldap_salted_sha256,
+    ldap_sha1,
+    md5_crypt,
+)
 
-from popd import passwd
-from popd.passwd import PasswdEntry, Verifier
+from popd.broker import passwd
+from popd.broker.passwd import PasswdEntry, Verifier
 
 from .test_passwd import DOVECOT_SHA512
 

@@ -1,4 +1,4 @@
-"""Unit tests for popd.libcrypt: SHA-crypt verified by the system's libcrypt.
+"""Unit tests for popd.broker.libcrypt: SHA-crypt verified by the system's libcrypt.
 
 The C path must give libpass's answer on every hash libpass accepts, refuse
 what it cannot read without raising, and really be in use on this machine
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from passlib.context import CryptContext
 from passlib.hash import des_crypt, md5_crypt, sha256_crypt, sha512_crypt
 
-from popd import libcrypt, passwd
-from popd.passwd import PasswdEntry, Verifier
+from popd.broker import libcrypt, passwd
+from popd.broker.passwd import PasswdEntry, Verifier
 
 from .test_passwd import DOVECOT_SHA256, DOVECOT_SHA512
 
@@ -84,7 +84,7 @@ def run_python(script: str) -> subprocess.CompletedProcess:
 
 def test_library_is_loaded_at_import():
     """The broker imports before its privilege drop; nothing loads after."""
-    out = run_python("import popd.passwd\n"
+    out = run_python("import popd.broker.passwd\n"
                      "maps = open('/proc/self/maps').read()\n"
                      "print('/libcrypt.so.1' in maps)")
     assert out.stdout == "True\n"
@@ -99,7 +99,7 @@ def cdll(name, *args, **kwargs):
         raise OSError(name + ": cannot open shared object file")
     return real(name, *args, **kwargs)
 ctypes.CDLL = cdll
-from popd import libcrypt, passwd
+from popd.broker import libcrypt, passwd
 print(sorted(libcrypt.WORKING), passwd.backend("SHA512-CRYPT"),
       passwd.backend("SHA256-CRYPT"))
 v = passwd.Verifier("SHA512-CRYPT")

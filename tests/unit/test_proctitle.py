@@ -1,4 +1,4 @@
-"""popd/proctitle.py loads setproctitle's C module without the package's
+"""popd/unix/proctitle.py loads setproctitle's C module without the package's
 __init__ (which would import logging and threading into every process).
 That is a private layout: these tests fail as soon as an installed
 setproctitle moves it, instead of popd silently losing its titles."""
@@ -16,7 +16,7 @@ def run(code):
 
 def test_titles_are_set_through_the_c_module_without_logging_or_threading():
     done = run("import sys\n"
-               "from popd import proctitle\n"
+               "from popd.unix import proctitle\n"
                "proctitle.set_title(proctitle.SUPERVISOR)\n"
                "print(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[0].decode())\n"
                "print('logging' in sys.modules, 'threading' in sys.modules,"

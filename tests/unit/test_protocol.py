@@ -1,4 +1,4 @@
-"""The command parser and the session loop (popd/protocol.py), by property.
+"""The command parser and the session loop (popd/pop3/protocol.py), by property.
 
 parse() takes any bytes a line reader can give and returns either one of
 protocol.py's error texts or (KEYWORD, args) that the command table
@@ -12,8 +12,9 @@ import string
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from popd import limits, protocol, sasl
-from popd.protocol import COMMANDS
+from popd import limits
+from popd.pop3 import protocol, sasl
+from popd.pop3.protocol import COMMANDS
 from tests import stubs
 
 # -- parse -----------------------------------------------------------------

@@ -1,11 +1,12 @@
-"""SASL PLAIN decoding (popd/sasl.py): strict, bounded, never echoes input."""
+"""SASL PLAIN decoding (popd/pop3/sasl.py): strict, bounded, never echoes input."""
 import base64
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from popd import limits, sasl
+from popd import limits
+from popd.pop3 import sasl
 
 # Login names and passwords as clients may send them: no NUL (the PLAIN
 # separator) and, for names, no control characters.

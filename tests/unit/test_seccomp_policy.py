@@ -1,4 +1,4 @@
-"""The fronts' seccomp policy (popd/seccomp.py) as data and as a program.
+"""The fronts' seccomp policy (popd/unix/seccomp.py) as data and as a program.
 
 The live fronts and the attacks are in tests/system/test_seccomp.py; here:
 the lists are consistent, the classic BPF program the supervisor keeps
@@ -15,7 +15,7 @@ import struct
 
 import pytest
 
-from popd import seccomp
+from popd.unix import seccomp
 
 # What the supervisor does at startup: compile the program once and keep it.
 PROBLEM = seccomp.startup_problem("required")

@@ -5,7 +5,8 @@ import signal
 import subprocess
 import time
 
-from popd import limits, sessions
+from popd import limits
+from popd.supervisor import sessions
 
 
 def test_one_holder_per_maildrop_one_waiter_and_a_bounded_wait():

@@ -2,9 +2,10 @@
 holds whatever keys unauthenticated clients choose."""
 import tracemalloc
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from popd import throttle
+from popd.broker import throttle
 
 
 def test_delays_double_from_min_to_max_and_fade_within_two_windows():

@@ -2,8 +2,8 @@
 small RETR, big messages streamed in bounded sends, STAT/LIST/UIDL."""
 import os
 
-from popd import transaction
-from popd.transaction import ChildSession
+from popd.pop3 import transaction
+from popd.pop3.transaction import ChildSession
 from tests import stubs
 
 

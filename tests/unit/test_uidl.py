@@ -7,7 +7,7 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popd import mbox, uidl
+from popd.mail import mbox, uidl
 
 B1, B2 = "a" * 24, "b" * 24
 

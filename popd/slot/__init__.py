@@ -1,0 +1,9 @@
+"""One pool slot: a child and its front, per connection.
+
+- child.py  forked as root by the spawner; drops to `user` keeping only
+            the right to become a mailbox owner, waits for the broker's
+            grant, becomes the owner, serves the session (pop3/ and mail/)
+- front.py  forked by the child as root; chroots, drops everything, and
+            alone talks to the client before login (TLS, the
+            AUTHORIZATION state), then pipes TLS for the child
+"""

@@ -1,0 +1,274 @@
+"""A pool slot's child: forks its front, waits for a grant, becomes the
+mailbox owner, serves the TRANSACTION state, exits.
+
+Runs in: the child process, forked by the supervisor as root.
+
+Life of a child (states asserted as it goes):
+  STARTING  fork the front while still root (chroot needs the privilege),
+            then drop to `user` keeping only CAP_SETUID|CAP_SETGID in the
+            permitted and bounding sets; report SLOT_READY.
+  IDLE      wait for the supervisor's CONNECTION; pass the socket to the
+            front without reading a byte of it.
+  BUSY      wait for the broker's GRANT and the supervisor's
+            STATE_DIR_READY (or SESSION_REFUSED: the maildrop is held by
+            another session); log what the front sends.
+  OWNER     setgroups([]), setresgid/setresuid to the owner, capabilities
+            cleared and checked; open the mailbox; tell the front.
+  SESSION   take the socket (and any pipelined bytes) from the front and
+            serve until QUIT, timeout or disconnect.
+The child reads nothing from the client before it is the owner, and every
+wait before that is bounded by the login deadline.
+"""
+import enum
+import os
+import select
+import signal
+import socket
+import time
+
+from popd import config, ipc, limits, mailpath
+from popd.ipc import Channel, Role
+from popd.mail import locking
+from popd.mail.maildrop import MailboxError, Maildrop
+from popd.pop3.transaction import ChildSession
+from popd.slot import front
+from popd.unix import logsetup, privileges, process, proctitle
+from popd.unix.logsetup import log
+
+
+class ChildState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    OWNER = "owner"
+    SESSION = "session"
+
+
+# fds a logged-in session may hold: stdio, its channel, the client, the
+# mbox, the session lock, the journal and its temporaries, the lock helper.
+SESSION_FILES = 32
+# Log frames a front may send in one session; more are dropped.
+MAX_FRONT_LOG_LINES = 50
+
+
+class Child:
+    def __init__(self, cfg, slot, sup, broker):
+        self.cfg = cfg
+        self.slot = slot
+        self.sup = sup
+        self.broker = broker
+        self.front = None
+        self.front_pid = None
+        self.state = ChildState.STARTING
+        self.peer_ip = None
+        self.front_log_budget = MAX_FRONT_LOG_LINES
+        self.lock_helper = None
+        self.granted = False
+
+    def expect(self, *states):
+        assert self.state in states, f"child in state {self.state}"
+
+    # -- STARTING ------------------------------------------------------------
+    def start(self, front_broker):
+        # Fronts that exit are reaped by the kernel; the supervisor follows
+        # them through a pidfd.
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        ours, theirs = ipc.socketpair()
+        pid = process.fork_role("front", front.run, self.cfg, theirs, front_broker)
+        theirs.close()
+        front_broker.close()
+        self.front, self.front_pid = ours, pid
+        cfg = self.cfg
+        privileges.drop_to(cfg.user, cfg.group, keep=privileges.SETID_CAPS)
+        ipc.send(self.sup, "SLOT_READY", front_pid=pid)
+        self.state = ChildState.IDLE
+        proctitle.set_title(proctitle.CHILD_IDLE)
+
+    # -- IDLE ------------------------------------------------------------------
+    def wait_for_connection(self):
+        self.expect(ChildState.IDLE)
+        ready, _, _ = select.select([self.sup, self.front], [], [])
+        if self.front in ready:
+            return False          # front died while idle: the slot is done
+        msg = ipc.recv(self.sup, Channel.SUPERVISOR_CHILD, Role.CHILD)
+        if msg.name != "CONNECTION":
+            raise ipc.Violation(f"{msg.name} while idle")
+        fd = msg.fds[0]
+        try:
+            ipc.send(self.front, "CLIENT", fds=[fd], peer_ip=msg.peer_ip,
+                     peer_port=msg.peer_port, listener=msg.listener, tls=msg.tls)
+        finally:
+            os.close(fd)          # the child keeps no copy of the socket
+        self.peer_ip = msg.peer_ip
+        self.state = ChildState.BUSY
+        proctitle.set_title(proctitle.CHILD_BUSY, peer=msg.peer_ip)
+        return True
+
+    # -- BUSY ----------------------------------------------------------------
+    def wait_for_grant(self):
+        """Until both the grant and the state directory are there, or the
+        front ends (failed login, QUIT, timeout): then None.  A maildrop
+        the supervisor will not hand out is answered [IN-USE] here."""
+        self.expect(ChildState.BUSY)
+        deadline = (time.monotonic() + self.cfg.limits.login_deadline
+                    + limits.FRONT_KILL_GRACE)
+        grant, state_uid = None, None
+        while grant is None or state_uid is None:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self.sup, self.broker, self.front],
+                                        [], [], max(0.0, remaining))
+            if not ready:
+                log.warning("child: no grant before the login deadline")
+                return None
+            if self.front in ready and not self.from_front(expect=()):
+                return None
+            if self.broker in ready:
+                msg = ipc.recv(self.broker, Channel.BROKER_CHILD, Role.CHILD)
+                if grant is not None:
+                    raise ipc.Violation("second GRANT")
+                grant = msg
+                self.granted = True
+            if self.sup in ready:
+                msg = ipc.recv(self.sup, Channel.SUPERVISOR_CHILD, Role.CHILD)
+                if grant is not None and msg.name == "SESSION_REFUSED":
+                    ipc.send(self.front, "MAILBOX_ERR", code=msg.code,
+                             text="Mailbox is in use by another session")
+                    return None
+                if msg.name != "STATE_DIR_READY" or state_uid is not None:
+                    raise ipc.Violation(f"{msg.name} while waiting for a grant")
+                state_uid = msg.uid
+        if state_uid != grant.uid:
+            raise ipc.Violation("state directory for another uid")
+        # The broker expanded the template with the account's home or its
+        # own userdb_mail (mailpath.py); here only the form is checked, and
+        # the file is opened only if the granted uid owns it.
+        if not mailpath.well_formed(grant.mbox):
+            raise ipc.Violation("GRANT names a mailbox path that is not absolute "
+                                "and normalised")
+        return grant
+
+    def from_front(self, expect):
+        """Handle one frame from the front: LOG is logged, a frame named in
+        `expect` is returned; end of channel returns None."""
+        try:
+            msg = ipc.recv(self.front, Channel.CHILD_FRONT, Role.CHILD)
+        except ipc.Closed:
+            return None
+        except ipc.Violation as e:
+            log.warning("child: bad frame from the front: %s", e)
+            return None
+        if msg.name == "LOG":
+            if self.front_log_budget > 0:
+                self.front_log_budget -= 1
+                log.log(logsetup.level_number(msg.level), "front: %s",
+                        logsetup.sanitize(msg.text, 900))
+            return msg
+        if msg.name in expect:
+            return msg
+        log.warning("child: unexpected %s from the front", msg.name)
+        return None
+
+    # -- OWNER -----------------------------------------------------------------
+    def become_owner(self, grant):
+        mail = self.cfg.mail
+        uids, gids = config.service_ids(self.cfg)
+        if mail.dotlock_group is not None:
+            # Started while we can still set ids: the helper alone holds the
+            # group that may create <mbox>.lock in the spool (and that can
+            # read every mailbox there), we never do.
+            self.lock_helper = locking.start_lock_helper(
+                grant.mbox, grant.uid, mail.dotlock_group)
+        privileges.become_owner(grant.uid, grant.gid, mail.first_valid_uid,
+                                mail.first_valid_gid, uids, gids)
+        privileges.limit_resources(SESSION_FILES, self.cfg.limits.session_memory)
+        self.state = ChildState.OWNER
+        proctitle.set_title(proctitle.CHILD_SESSION, user=grant.login,
+                            peer=self.peer_ip)
+
+    # -- SESSION ---------------------------------------------------------------
+    def take_client(self):
+        """Wait for the front's HANDOVER: the socket and pipelined bytes."""
+        deadline = time.monotonic() + limits.FRONT_KILL_GRACE
+        while True:
+            ready, _, _ = select.select([self.front], [], [],
+                                        max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return None
+            msg = self.from_front(expect=("HANDOVER",))
+            if msg is None:
+                return None
+            if msg.name == "HANDOVER":
+                self.state = ChildState.SESSION
+                return socket.socket(fileno=msg.fds[0]), msg.leftover, msg.tls
+
+    def serve(self):
+        if not self.wait_for_connection():
+            return
+        grant = self.wait_for_grant()
+        if grant is None:
+            return
+        self.become_owner(grant)
+        drop = Maildrop(grant.mbox, grant.uid, self.cfg.mail.state_dir, self.lock_helper,
+                        self.cfg.mail.uidl_source, self.cfg.mail.expire_days)
+        try:
+            drop.open()
+        except MailboxError as e:
+            ipc.send(self.front, "MAILBOX_ERR", code=e.code, text=e.text)
+            return
+        ipc.send(self.front, "MAILBOX_READY")
+        taken = self.take_client()
+        if taken is None:
+            return
+        sock, leftover, tls = taken
+        # From here on only the client and the mailbox matter: the channels
+        # to the broker and the (exited) front are closed.
+        self.broker.close()
+        self.front.close()
+        started = time.monotonic()
+        user = logsetup.sanitize(grant.login, 64)
+        log.info('session start: rip=%s, user="%s", tls=%s, messages=%d',
+                 self.peer_ip, user, logsetup.sanitize(tls, 120), len(drop.index))
+        session = ChildSession(sock, self.cfg, drop, leftover)
+        outcome = session.serve()
+        session.close()
+        drop.close()
+        log.info('session end: rip=%s, user="%s", tls=%s, retrieved=%d, deleted=%d, '
+                 'expired=%d, bytes=%d, duration=%.3f, reason=%s', self.peer_ip, user,
+                 logsetup.sanitize(tls, 120), len(session.retrieved), session.removed,
+                 session.expired, session.bytes_sent, time.monotonic() - started, outcome)
+
+
+def run(cfg, slot, sup_sock, front_broker, child_broker):
+    """Entry point in the freshly forked child (root).  Never returns."""
+    code = 0
+    try:
+        process.after_fork(keep={sup_sock.fileno(), front_broker.fileno(),
+                                 child_broker.fileno()})
+        logsetup.setup(cfg.logging)
+        proctitle.set_title(proctitle.CHILD_IDLE)
+        child = Child(cfg, slot, sup_sock, child_broker)
+        child.start(front_broker)
+        try:
+            child.serve()
+        finally:
+            if child.granted:
+                # Whatever ended it has been logged: the supervisor need
+                # not log this session's end for us.
+                try:
+                    ipc.send(sup_sock, "CHILD_DONE")
+                except OSError:
+                    pass
+    except ipc.Closed as e:
+        # A peer ended first (the broker after a failed login, the
+        # supervisor at shutdown): nothing left to do.
+        log.debug("child: channel closed: %s", e)
+    except ipc.Violation as e:
+        log.warning("child: protocol violation: %s", e)
+        code = 1
+    except privileges.PrivilegeError as e:
+        log.error("child: %s", e)
+        code = 1
+    except BaseException:                       # noqa: B902 - last resort
+        log.exception("child: internal error")
+        code = 1
+    os._exit(code)

@@ -1,0 +1,23 @@
+"""The supervisor: the root process, and what it forks before any drop.
+
+Every file here runs as root (uid 0, full capabilities), and the
+supervisor never reads a byte a client sent:
+
+- loop.py            the main loop: signals deferred to it, accept, admit,
+                     hand over, reap, reload, stop
+- listeners.py       bind the listening sockets, before anything is forked
+- admission.py       the global and per-address caps and the canned refusal
+- pool.py            slot records: idle/busy, spawn pacing, crash back-off
+- sessions.py        one session per maildrop; stopped or stalled sessions
+- spawner.py         the spawner process (root), which forks the slots
+- broker_link.py     start, watch and replace the auth broker
+- trusted_files.py   owner/mode/symlink checks of the files popd trusts
+- startup_checks.py  those checks over the configuration, at start, SIGHUP
+                     and --check-config
+- daemonize.py       the launcher's detach (fork, pid file, readiness)
+
+Outside this package, root runs only the first steps of each process it
+forks, up to the drop: broker/broker.py (the broker), slot/child.py (a
+slot's child), slot/front.py (its front, which chroots) and the lock
+helper in mail/locking.py; each drop is unix/privileges.py's.
+"""
