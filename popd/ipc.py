@@ -309,3 +309,20 @@ def _close(fd):
         socket.close(fd)
     except OSError:
         pass
+
+
+# -- the lock helper's channel ----------------------------------------------
+# The session child and its lock helper (slot/lock_helper.py) do not speak
+# frames: over their SOCK_SEQPACKET pair each request and each answer is
+# one datagram of these bytes, the helper answers every request once, and
+# anything else (another byte, a longer datagram, ancillary data, EOF)
+# ends the helper.  The lock file's path is fixed when the helper is
+# forked: nothing sent on this channel names a file.
+HELPER_LOCK = b"L"              # one attempt at <mbox>.lock, stale locks included
+HELPER_UNLOCK = b"U"            # remove it if it is ours
+HELPER_OK = b"O"
+HELPER_OK_BROKE = b"S"          # OK, after removing a stale lock
+HELPER_BUSY = b"B"
+HELPER_UNAVAILABLE = b"N"       # the helper may not create the lock
+HELPER_ERROR = b"E"             # followed by the errno in decimal
+HELPER_READY = b"R"             # once, unasked, after the helper's drop was proved

@@ -50,6 +50,13 @@ FRONT_KILL_GRACE = 5.0
 # mbox: the child waits this long for the fcntl lock before answering
 # [IN-USE] to PASS.
 MAILBOX_LOCK_WAIT = 10.0
+# The lock helper answers each request at once (one attempt, no waiting:
+# the child waits); a helper silent for this long is stuck or stopped, and
+# the child gives up on it ([IN-USE]) rather than hang its session.
+LOCK_HELPER_IO_TIMEOUT = 5.0
+# A closed helper removes its lock and exits at once; one still there
+# after this long is killed.
+LOCK_HELPER_EXIT_WAIT = 2.0
 
 # Sessions as the supervisor watches them (sessions.py).  A granted child
 # runs as the mailbox owner, who may stop it; these bounds do not trust it.

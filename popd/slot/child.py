@@ -28,10 +28,9 @@ import time
 
 from popd import config, ipc, limits, mailpath
 from popd.ipc import Channel, Role
-from popd.mail import locking
 from popd.mail.maildrop import MailboxError, Maildrop
 from popd.pop3.transaction import ChildSession
-from popd.slot import front
+from popd.slot import front, lock_helper
 from popd.unix import logsetup, privileges, process, proctitle
 from popd.unix.logsetup import log
 
@@ -176,7 +175,7 @@ class Child:
             # Started while we can still set ids: the helper alone holds the
             # group that may create <mbox>.lock in the spool (and that can
             # read every mailbox there), we never do.
-            self.lock_helper = locking.start_lock_helper(
+            self.lock_helper = lock_helper.start_lock_helper(
                 grant.mbox, grant.uid, mail.dotlock_group)
         privileges.become_owner(grant.uid, grant.gid, mail.first_valid_uid,
                                 mail.first_valid_gid, uids, gids)

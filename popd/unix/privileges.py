@@ -1,7 +1,8 @@
 """The only code in popd that changes credentials.
 
-Runs in: the broker, each child and each front, right after they are
-forked (as root), and in the child once more at the grant.
+Runs in: the broker, each child, each front and each lock helper, right
+after they are forked (as root, or for the lock helper as the child's
+user), and in the child once more at the grant.
 
 Capabilities and prctl are reached through ctypes (about forty lines;
 python-prctl needs libcap headers to build).  Every drop ends with a
@@ -171,21 +172,33 @@ def sandbox_front(root, uid, gid):
 def become_owner(uid, gid, first_valid_uid, first_valid_gid, forbidden_uids,
                  forbidden_gids):
     """The child at the grant: from the pool user to the mailbox owner,
-    then no capabilities; proved by trying to get the old uid back."""
+    then no capabilities (switch_to)."""
     if uid == 0 or uid < first_valid_uid or uid in forbidden_uids:
         raise PrivilegeError(f"refusing to switch to uid {uid}")
     if gid == 0 or gid < first_valid_gid or gid in forbidden_gids:
         raise PrivilegeError(f"refusing to switch to gid {gid}")
+    switch_to(uid, gid, bounding=SETID_CAPS)
+
+
+def switch_to(uid, gid, bounding):
+    """From a process that may change ids (root, or CAP_SETUID|CAP_SETGID
+    permitted, as drop_to(keep=SETID_CAPS) leaves them) to exactly uid and
+    gid (real, effective, saved), no supplementary groups, no
+    capabilities, hardened; proved by check() and by trying to get the
+    old uid and uid 0 back.  The child at the grant and the lock helper."""
     previous = os.getuid()
-    capset(SETID_CAPS, SETID_CAPS)
+    if os.geteuid() != 0:
+        capset(SETID_CAPS, SETID_CAPS)
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     # A change between two non-zero uids keeps the capability sets
-    # (capabilities(7)), so they are cleared by hand.
+    # (capabilities(7)), so they are cleared by hand; and a change of ids
+    # resets "dumpable", so harden() comes after it.
     capset(0, 0)
-    check(uid, gid, permitted=0, bounding=SETID_CAPS)
-    for target in (previous, 0):
+    harden()
+    check(uid, gid, permitted=0, bounding=bounding)
+    for target in sorted({previous, 0}):
         try:
             os.setresuid(target, target, target)
         except PermissionError:

@@ -1,4 +1,5 @@
-"""popd.mail.locking: fcntl locks, dot-locks, interop with procmail, the lock helper.
+"""popd.mail.locking (fcntl locks, dot-locks, interop with procmail) and the
+lock helper (popd.slot.lock_helper).
 
 Runs as root (uids are switched in forked processes); numeric ids only:
 61001 is the mailbox owner, 60010 the pool user, 60200 plays group "mail".
@@ -21,6 +22,7 @@ import time
 import pytest
 
 from popd.mail import locking
+from popd.slot import lock_helper
 from popd.unix import privileges
 
 OWNER = 61001
@@ -503,7 +505,7 @@ def test_lock_helper_from_the_child(spool):
 
     def child(go):
         privileges.drop_to(POOL, POOL, keep=privileges.SETID_CAPS)
-        client = locking.start_lock_helper(mbox, OWNER, MAILGID)
+        client = lock_helper.start_lock_helper(mbox, OWNER, MAILGID)
         privileges.become_owner(OWNER, OWNER, 1000, 1000, set(), set())
         me = proc_status("self")
         facts = {"my_gid": me["Gid"], "my_groups": me["Groups"],
@@ -590,7 +592,7 @@ def helper_exit(client):
 
 def test_lock_helper_started_by_root(spool):
     mbox = make_mbox(spool)
-    client = locking.start_lock_helper(mbox, OWNER, MAILGID)
+    client = lock_helper.start_lock_helper(mbox, OWNER, MAILGID)
     try:
         status = proc_status(client.pid)
         assert status["Uid"].split() == [str(OWNER)] * 4
@@ -626,7 +628,7 @@ def test_lock_helper_started_by_root(spool):
 def test_lock_helper_ends_on_garbage(spool, garbage):
     mbox = make_mbox(spool)
     before = sorted(os.listdir(spool))
-    client = locking.start_lock_helper(mbox, OWNER, MAILGID)
+    client = lock_helper.start_lock_helper(mbox, OWNER, MAILGID)
     try:
         if garbage == "fd":                    # a well-formed L with an fd
             fds = array.array("i", [os.open("/etc/hostname", os.O_RDONLY)])
@@ -643,7 +645,7 @@ def test_lock_helper_ends_on_garbage(spool, garbage):
 
 def test_lock_helper_held_lock_removed_when_killed_or_garbage(spool):
     mbox = make_mbox(spool)
-    client = locking.start_lock_helper(mbox, OWNER, MAILGID)
+    client = lock_helper.start_lock_helper(mbox, OWNER, MAILGID)
     try:
         assert client.acquire(1.0)
         client._sock.send(b"?")
@@ -652,7 +654,7 @@ def test_lock_helper_held_lock_removed_when_killed_or_garbage(spool):
     finally:
         client.close()
     # SIGKILL leaves the lock behind with a dead pid: the next taker breaks it.
-    client = locking.start_lock_helper(mbox, OWNER, MAILGID)
+    client = lock_helper.start_lock_helper(mbox, OWNER, MAILGID)
     try:
         assert client.acquire(1.0)
         os.kill(client.pid, signal.SIGKILL)
@@ -668,7 +670,7 @@ def test_lock_helper_held_lock_removed_when_killed_or_garbage(spool):
     finally:
         client.close()
     # ...the owner's next helper does.
-    client = locking.start_lock_helper(mbox, OWNER, MAILGID)
+    client = lock_helper.start_lock_helper(mbox, OWNER, MAILGID)
     try:
         assert client.acquire(0.5) and client.broken
         assert client.release()
@@ -681,14 +683,14 @@ def test_lock_helper_refuses_a_directory_the_owner_controls(workdir):
     os.chown(workdir, OWNER, MAILGID)
     os.chmod(workdir, 0o2775)
     mbox = make_mbox(workdir)
-    client = locking.start_lock_helper(mbox, OWNER, MAILGID)
+    client = lock_helper.start_lock_helper(mbox, OWNER, MAILGID)
     assert client.pid is None
     assert client.acquire(1.0) is False
     assert "owned by uid" in client.unavailable
     client.close()
     # And a spool the helper's group cannot write into is refused as well.
     os.chown(workdir, 0, 0)
-    client = locking.start_lock_helper(mbox, OWNER, MAILGID)
+    client = lock_helper.start_lock_helper(mbox, OWNER, MAILGID)
     assert client.pid is None and "not writable by group" in client.unavailable
 
 
@@ -698,7 +700,7 @@ def test_lock_helper_that_cannot_drop_is_an_error(spool):
     def without_setid_caps():
         become(OWNER, OWNER)                   # no capabilities left
         try:
-            locking.start_lock_helper(mbox, OWNER, MAILGID)
+            lock_helper.start_lock_helper(mbox, OWNER, MAILGID)
         except locking.LockHelperError as e:
             return "error", str(e)
         return "started", None
