@@ -1,7 +1,8 @@
 """popd.yaml: one declaration per key, strict loading, one line per problem.
 
-Runs in: the launcher and the supervisor (which passes the validated,
-immutable result to the processes it forks).
+Runs in: the launcher and the supervisor (which passes the validated
+result to the processes it forks; nothing changes it after load(), and a
+SIGHUP builds a new one).
 
 Every key is declared once in KEYS with its type, range, default and help;
 validation, the `--check-config` output and the documentation check in the

@@ -82,3 +82,41 @@ LOGIN_HEADROOM = 10
 # unknown name far sooner), or PAM_FAILURE_DEFAULT seconds before any.
 PAM_FAILURE_SAMPLES = 32
 PAM_FAILURE_DEFAULT = 0.08
+
+
+# -- bounds on processes popd starts and files it reads ----------------------
+# A slot's child must report SLOT_READY this long after its fork, or the
+# supervisor kills it and forks another (a child stuck before it serves
+# would hold a slot forever).
+SLOT_START_TIMEOUT = 30.0
+# The auth broker must answer its first frame this long after its fork:
+# hashing workers warm up their schemes first, argon2 included.
+BROKER_START_TIMEOUT = 60.0
+# The spawner reaps exited slots at least this often (seconds): until then
+# they are zombies, each holding a pid.
+SPAWNER_REAP_INTERVAL = 1.0
+# The supervisor gives up on a spawner answer after this long (a fork
+# takes about 1 ms), and kills a spawner that does not leave at once.
+SPAWNER_ANSWER_TIMEOUT = 5.0
+# File descriptors (RLIMIT_NOFILE) of a front: stdio (/dev/null), its two
+# channels, the client and the socketpair of the TLS pipe; and of a
+# logged-in session: stdio, its channel, the client, the mbox, the session
+# lock, the journal and its temporaries, the lock helper.  Anything that
+# leaks descriptors fails early instead of exhausting the host's.
+FRONT_FILES = 16
+SESSION_FILES = 32
+# Log frames a front may send its child in one connection; more are
+# dropped (a subverted front must not fill the log).
+MAX_FRONT_LOG_LINES = 50
+# How much of an overlong command line is read and thrown away before the
+# connection is closed instead: enough for a confused client's line, not
+# an unbounded stream.
+MAX_DRAIN = 64 * 1024
+# The passwd file popd reads whole: a million argon2 users is about 150 MB,
+# and sites that large belong in a directory service.  The bound stops a
+# mistaken path (a log file, a disk image) from eating the broker's memory.
+PASSWD_FILE_MAX = 64 * 1024 * 1024
+# A dot-lock older than this (and an mbox unchanged for as long) is stale
+# and may be broken: Dovecot's mbox_dotlock_change_timeout rule, and twice
+# the longest a delivery holds the lock in practice.
+DOTLOCK_STALE_AFTER = 120.0

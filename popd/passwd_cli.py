@@ -38,7 +38,7 @@ import stat
 import sys
 import tempfile
 
-from popd import __version__
+from popd import __version__, limits
 from popd.broker import passwd
 from popd.limits import MAX_SECRET
 
@@ -241,9 +241,9 @@ def _open_locked(path: str, create: bool) -> int:
 
 def _read_locked(fd: int, path: str) -> bytes:
     with open(fd, "rb", closefd=False) as f:
-        data = f.read(passwd.MAX_FILE_SIZE + 1)
-    if len(data) > passwd.MAX_FILE_SIZE:
-        raise UsageError(f"{path} is larger than {passwd.MAX_FILE_SIZE} bytes")
+        data = f.read(limits.PASSWD_FILE_MAX + 1)
+    if len(data) > limits.PASSWD_FILE_MAX:
+        raise UsageError(f"{path} is larger than {limits.PASSWD_FILE_MAX} bytes")
     return data
 
 

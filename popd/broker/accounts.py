@@ -24,6 +24,7 @@ import pwd
 import time
 from collections import Counter
 
+from popd import limits
 from popd.broker import passwd
 from popd.unix.logsetup import log
 
@@ -123,7 +124,7 @@ class ShadowFile:
             if (st.st_ino, st.st_mtime_ns, st.st_size) == self.stamp:
                 return False
             with open(self.path, "rb") as f:
-                data = f.read(passwd.MAX_FILE_SIZE)
+                data = f.read(limits.PASSWD_FILE_MAX)
         except OSError as e:
             log.error("cannot read %s as uid %d (groups %s): %s; is the broker's "
                       "auth.shadow_group the file's group?", self.path, os.getuid(),

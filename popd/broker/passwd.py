@@ -28,12 +28,9 @@ from passlib.context import CryptContext
 
 from popd import mailpath
 from popd.broker import libcrypt, weak_hashes
+from popd import limits
 from popd.limits import MAX_LOGIN
 
-# A passwd-file with a million users is about 150 MB of argon2 lines; sites
-# that large belong in a directory service.  The bound stops a mistaken path
-# (a log file, a disk image) from eating the broker's memory.
-MAX_FILE_SIZE = 64 * 1024 * 1024
 # The longest hash we accept is well under 200 characters; 4 KiB leaves room
 # for a home directory and extra fields.
 MAX_LINE = 4096
@@ -411,13 +408,13 @@ def read_passwd_file(path: str) -> bytes:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise PasswdError(path, None, "not a regular file")
             with open(fd, "rb", closefd=False) as f:
-                data = f.read(MAX_FILE_SIZE + 1)
+                data = f.read(limits.PASSWD_FILE_MAX + 1)
         finally:
             os.close(fd)
     except OSError as e:
         raise PasswdError(path, None, e.strerror or str(e)) from None
-    if len(data) > MAX_FILE_SIZE:
-        raise PasswdError(path, None, f"larger than {MAX_FILE_SIZE} bytes")
+    if len(data) > limits.PASSWD_FILE_MAX:
+        raise PasswdError(path, None, f"larger than {limits.PASSWD_FILE_MAX} bytes")
     return data
 
 

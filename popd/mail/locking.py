@@ -59,6 +59,7 @@ import os
 import stat
 import time
 
+from popd import limits
 from popd.unix.logsetup import WARNING, log
 
 # Results of one attempt at the dot-lock.
@@ -152,7 +153,7 @@ class DotLock:
     ``stale_after``); release() removes it if it is still ours.
     """
 
-    def __init__(self, mbox_path, stale_after=120.0):
+    def __init__(self, mbox_path, stale_after=limits.DOTLOCK_STALE_AFTER):
         self.mbox_path = os.fspath(mbox_path)
         self.path = self.mbox_path + ".lock"
         self.directory = os.path.dirname(self.path) or "."

@@ -12,6 +12,8 @@ so a client trickling a byte at a time cannot hold a process past it.
 import select
 import time
 
+from popd import limits
+
 RECV_SIZE = 4096
 OVERLONG = object()          # sentinel: the line was too long and was drained
 
@@ -28,10 +30,7 @@ class TooLong(Disconnected):
     """An overlong line went on past MAX_DRAIN: the connection is ended."""
 
 
-# How much of an overlong line is read and thrown away before the
-# connection is closed instead: enough for a confused client's line, not
-# an unbounded stream.
-MAX_DRAIN = 64 * 1024
+MAX_DRAIN = limits.MAX_DRAIN     # re-exported for the tests' model
 
 
 def wait_readable(sock, deadline):

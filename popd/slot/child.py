@@ -1,7 +1,8 @@
 """A pool slot's child: forks its front, waits for a grant, becomes the
 mailbox owner, serves the TRANSACTION state, exits.
 
-Runs in: the child process, forked by the supervisor as root.
+Runs in: the child process, forked as root by the spawner
+(supervisor/spawner.py) when the supervisor asks for a slot.
 
 Life of a child (states asserted as it goes):
   STARTING  fork the front while still root (chroot needs the privilege),
@@ -43,11 +44,6 @@ class ChildState(enum.Enum):
     SESSION = "session"
 
 
-# fds a logged-in session may hold: stdio, its channel, the client, the
-# mbox, the session lock, the journal and its temporaries, the lock helper.
-SESSION_FILES = 32
-# Log frames a front may send in one session; more are dropped.
-MAX_FRONT_LOG_LINES = 50
 
 
 class Child:
@@ -60,7 +56,7 @@ class Child:
         self.front_pid = None
         self.state = ChildState.STARTING
         self.peer_ip = None
-        self.front_log_budget = MAX_FRONT_LOG_LINES
+        self.front_log_budget = limits.MAX_FRONT_LOG_LINES
         self.lock_helper = None
         self.granted = False
 
@@ -179,7 +175,7 @@ class Child:
                 grant.mbox, grant.uid, mail.dotlock_group)
         privileges.become_owner(grant.uid, grant.gid, mail.first_valid_uid,
                                 mail.first_valid_gid, uids, gids)
-        privileges.limit_resources(SESSION_FILES, self.cfg.limits.session_memory)
+        privileges.limit_resources(limits.SESSION_FILES, self.cfg.limits.session_memory)
         self.state = ChildState.OWNER
         proctitle.set_title(proctitle.CHILD_SESSION, user=grant.login,
                             peer=self.peer_ip)

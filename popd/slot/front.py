@@ -23,7 +23,7 @@ import socket
 import ssl
 import time
 
-from popd import ipc
+from popd import ipc, limits
 from popd.ipc import Channel, Role
 from popd.pop3.authorization import FrontSession
 from popd.pop3.protocol import Closing
@@ -34,9 +34,6 @@ from popd.unix.logsetup import log
 # once: big enough that a RETR moves in few system calls (the SSL layer
 # cuts it into 16 KiB records itself), small beside the process.
 PIPE_BUFFER = 64 * 1024
-# fds a front needs: stdio (/dev/null), its two channels, the client, and
-# the socketpair of the TLS pipe.
-FRONT_FILES = 16
 
 
 class ChannelLogHandler(logsetup.Handler):
@@ -67,7 +64,7 @@ def run(cfg, child_sock, broker_sock):
     proctitle.set_title(proctitle.FRONT)
     logsetup.setup(cfg.logging, handler=ChannelLogHandler(child_sock))
     privileges.sandbox_front(cfg.login_chroot, cfg.login_user, cfg.login_group)
-    privileges.limit_resources(FRONT_FILES, cfg.limits.session_memory)
+    privileges.limit_resources(limits.FRONT_FILES, cfg.limits.session_memory)
     # From here on only the system calls a front needs (popd/unix/seccomp.py):
     # no signals to other fronts, no sockets, no exec, no files.
     seccomp.confine_front(cfg.login_seccomp)

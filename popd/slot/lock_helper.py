@@ -153,7 +153,7 @@ class LockHelperClient:
             self._pidfd = None
 
 
-def start_lock_helper(mbox_path, uid, gid_mail, stale_after=120.0):
+def start_lock_helper(mbox_path, uid, gid_mail, stale_after=limits.DOTLOCK_STALE_AFTER):
     """Fork the dot-lock helper for `mbox_path` and return its client.
 
     Called by the session child while it can still change ids (CAP_SETUID

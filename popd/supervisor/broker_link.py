@@ -9,11 +9,9 @@ import os
 import select
 import signal
 
-from popd import ipc
+from popd import ipc, limits
 from popd.ipc import Channel, Role
 from popd.unix import process
-
-START_TIMEOUT = 60.0
 
 
 class BrokerStartError(Exception):
@@ -35,7 +33,7 @@ class BrokerLink:
         pid = process.fork_role("auth broker", _run_broker, cfg, theirs)
         theirs.close()
         link = cls(pid, os.pidfd_open(pid), ours)
-        ready, _, _ = select.select([ours], [], [], START_TIMEOUT)
+        ready, _, _ = select.select([ours], [], [], limits.BROKER_START_TIMEOUT)
         try:
             msg = ipc.recv(ours, Channel.SUPERVISOR_BROKER, Role.SUPERVISOR) \
                 if ready else None

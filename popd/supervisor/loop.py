@@ -1,6 +1,7 @@
 """The supervisor: the root loop.  Binds, admits, spawns, reaps, stops.
 
-Runs in: the supervisor (uid 0), the only process that keeps privileges.
+Runs in: the supervisor (uid 0); with the spawner it forks, the only processes
+that keep root (supervisor/__init__.py lists what runs as root).
 
 It never reads a byte a client sent: it accepts, decides from the peer
 address alone (admission.py), and passes the socket to an idle slot's
@@ -32,8 +33,6 @@ from popd.supervisor.pool import Pool, Slot, SlotState
 from popd.supervisor.spawner import SpawnerError, SpawnerLink
 from popd.unix import logsetup, privileges, process, proctitle, seccomp, tls
 from popd.unix.logsetup import log, sanitize
-
-SLOT_START_TIMEOUT = 30.0
 
 
 class StartupError(Exception):
@@ -579,7 +578,7 @@ class Supervisor:
         # little later.  After the grant the child bounds the rest.
         login_limit = self.cfg.limits.login_deadline + limits.FRONT_KILL_GRACE
         for slot in list(self.pool.slots.values()):
-            if slot.state is SlotState.STARTING and now - slot.started > SLOT_START_TIMEOUT:
+            if slot.state is SlotState.STARTING and now - slot.started > limits.SLOT_START_TIMEOUT:
                 log.warning("slot %d did not start in time; killing it", slot.id)
                 self.kill_slot(slot)
             elif (slot.state is SlotState.BUSY and not slot.granted

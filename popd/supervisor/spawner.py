@@ -29,17 +29,12 @@ import select
 import signal
 import socket
 
-from popd import ipc
+from popd import ipc, limits
 from popd.ipc import Channel, Role
 from popd.slot import child
 from popd.unix import logsetup, process, proctitle
 from popd.unix.logsetup import log
 
-# Exited slots are reaped at least this often (seconds).  Until then they
-# are zombies: exited, seen as such through their pidfd, holding a pid.
-REAP_INTERVAL = 1.0
-# The supervisor gives up on an answer after this long (a fork takes ~1 ms).
-ANSWER_TIMEOUT = 5.0
 
 
 class SpawnerError(Exception):
@@ -53,7 +48,7 @@ def run(cfg, sock):
     proctitle.set_title(proctitle.SPAWNER)
     sock.setblocking(False)
     while True:
-        ready, _, _ = select.select([sock], [], [], REAP_INTERVAL)
+        ready, _, _ = select.select([sock], [], [], limits.SPAWNER_REAP_INTERVAL)
         process.reap_children()
         if not ready:
             continue
@@ -124,7 +119,7 @@ class SpawnerLink:
                 ipc.send(self.sock, "SPAWN", slot=slot,
                          fds=[e.fileno() for e in ends])
             for slot, _ in batch:
-                ready, _, _ = select.select([self.sock], [], [], ANSWER_TIMEOUT)
+                ready, _, _ = select.select([self.sock], [], [], limits.SPAWNER_ANSWER_TIMEOUT)
                 if not ready:
                     raise SpawnerError("no answer")
                 msg = ipc.recv(self.sock, Channel.SUPERVISOR_SPAWNER, Role.SUPERVISOR)
@@ -150,10 +145,10 @@ class SpawnerLink:
 
     def wait(self):
         """At the supervisor's exit: the stopped spawner must be gone too
-        (it leaves at once on end of channel; killed after ANSWER_TIMEOUT)."""
+        (it leaves at once on end of channel; killed after limits.SPAWNER_ANSWER_TIMEOUT)."""
         self.sock.close()
-        ready, _, _ = select.select([self.pidfd], [], [], ANSWER_TIMEOUT)
+        ready, _, _ = select.select([self.pidfd], [], [], limits.SPAWNER_ANSWER_TIMEOUT)
         if not ready:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            select.select([self.pidfd], [], [], ANSWER_TIMEOUT)
+            select.select([self.pidfd], [], [], limits.SPAWNER_ANSWER_TIMEOUT)
         os.close(self.pidfd)

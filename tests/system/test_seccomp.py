@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from popd.slot import front
+from popd import limits
 from popd.unix import privileges, process, seccomp
 from tests import replies
 from tests.daemon import LOGIN_UID, Daemon, status
@@ -76,7 +76,7 @@ def in_sandboxed_front(d, mode, attack):
             os.close(r)
             process.after_fork(keep={w})
             privileges.sandbox_front(str(d.base / "empty"), LOGIN_UID, LOGIN_UID)
-            privileges.limit_resources(front.FRONT_FILES, memory)
+            privileges.limit_resources(limits.FRONT_FILES, memory)
             result = {"confine": seccomp.confine_front(mode)}
             result.update(attack())
             os.write(w, json.dumps(result).encode())

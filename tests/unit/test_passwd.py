@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from passlib.context import CryptContext
 
-from popd import passwd_cli
+from popd import limits, passwd_cli
 from popd.broker import passwd
 from popd.broker.passwd import PasswdEntry, PasswdError, Verifier
 
@@ -187,7 +187,7 @@ def test_load_file_errors(tmp_path, monkeypatch):
         passwd.load_passwd_file(str(tmp_path / "fifo"))
     big = tmp_path / "big"
     big.write_text("# padding\n" * 10)
-    monkeypatch.setattr(passwd, "MAX_FILE_SIZE", 64)
+    monkeypatch.setattr(limits, "PASSWD_FILE_MAX", 64)
     with pytest.raises(PasswdError, match="larger than 64 bytes"):
         passwd.load_passwd_file(str(big))
 
