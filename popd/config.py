@@ -1,8 +1,9 @@
 """popd.yaml: one declaration per key, strict loading, one line per problem.
 
 Runs in: the launcher and the supervisor (which passes the validated
-result to the processes it forks; nothing changes it after load(), and a
-SIGHUP builds a new one).
+result to the processes it forks).  Nothing changes a configuration once it
+is in use: at SIGHUP the supervisor loads a new one and, before using it,
+puts back the running values of the keys that need a restart.
 
 Every key is declared once in KEYS with its type, range, default and help;
 validation, the `--check-config` output and the documentation check in the
