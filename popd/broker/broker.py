@@ -202,11 +202,7 @@ class Broker:
             self.sel.unregister(sock)
             sock.close()
             log.error("auth worker ended (%s); starting another", e)
-            try:
-                while os.waitpid(-1, os.WNOHANG)[0]:
-                    pass                   # reap it (and any other)
-            except ChildProcessError:
-                pass
+            process.reap_children()        # it, and any other
             job = self.jobs.pop(job_id, None) if job_id else None
             if job:
                 self.answer_later(job, None)

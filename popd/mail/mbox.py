@@ -70,10 +70,9 @@ Transmission (RFC 1939)
     added when the content does not end with LF, which includes the empty
     message (it is sent as a single CRLF, as Dovecot does).
     :func:`iter_message` and :func:`iter_top` do NOT send the terminating
-    ``.\\r\\n``: the caller writes :data:`TERMINATOR` (or wraps the iterator
-    in :func:`with_terminator`) so that it can stop mid-message on a
-    dropped connection and so that one place owns the multi-line response
-    framing.
+    ``.\\r\\n``: the POP3 layer writes it (pop3/protocol.py, TERMINATOR),
+    so that it can stop mid-message on a dropped connection and so that one
+    place owns the multi-line response framing.
 
 Octet count (LIST / STAT)
     The exact number of bytes transmitted for the message (RFC 1939's
@@ -113,23 +112,17 @@ import bisect
 import os
 import re
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 __all__ = [
     "MboxChangedError",
     "MboxFormatError",
     "MboxIndex",
-    "TERMINATOR",
     "iter_message",
     "iter_top",
     "octet_count",
     "scan",
-    "with_terminator",
 ]
-
-#: The multi-line response terminator, written by the caller after the
-#: chunks of :func:`iter_message` / :func:`iter_top`.
-TERMINATOR = b".\r\n"
 
 SCAN_CHUNK = 1 << 20
 SEND_CHUNK = 1 << 16
@@ -537,7 +530,7 @@ def iter_message(fd: int, index: MboxIndex, n: int,
 
     Each piece comes from one read of at most ``chunk`` bytes and is at most
     about twice that size, whatever the message size.  The terminator
-    ``.\\r\\n`` is not included (see :data:`TERMINATOR`).
+    ``.\\r\\n`` is not included (the caller writes it).
     """
     return _transmit(fd, index.start(n), index.stop(n), chunk)
 
@@ -598,8 +591,3 @@ def iter_top(fd: int, index: MboxIndex, n: int, lines: int,
     start, end = index.start(n), index.stop(n)
     return _transmit(fd, start, _top_end(fd, start, end, lines, chunk), chunk)
 
-
-def with_terminator(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Yield ``chunks`` followed by the ``.\\r\\n`` terminator."""
-    yield from chunks
-    yield TERMINATOR

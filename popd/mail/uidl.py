@@ -45,7 +45,7 @@ _SUFFIXED = re.compile(r"([a-z2-7]{24})(?:-([1-9][0-9]{0,5}))?\Z")
 _POPD_SHAPE = re.compile(r"[a-z2-7]{24}(?:-[0-9]+)?\Z")
 # A line that may start a status header (same names, any case); a head
 # without one, which is nearly every message, is digested in one call.
-_STATUS_LINE = re.compile(rb"\n(?:status:|x-status:|x-keywords:|x-uid:|x-imap)", re.I)
+_STATUS_LINE = re.compile(b"\\n(?:" + b"|".join(map(re.escape, STATUS_HEADERS)) + b")", re.I)
 _LINE_END_CRS = re.compile(rb"\r+(?=\n)|\r+\Z")
 
 

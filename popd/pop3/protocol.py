@@ -56,6 +56,9 @@ COMMANDS = {
 }
 
 # Reply texts: constants, never built from client input.
+# RFC 1939: the line that ends every multi-line reply (the one place it is
+# written; RETR and TOP stream the message before it).
+TERMINATOR = b".\r\n"
 # RFC 2449: what the logged-in session implements, offered in every state.
 SESSION_CAPABILITIES = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
 
@@ -147,7 +150,7 @@ class Session:
             if line.startswith(b"."):
                 line = b"." + line
             self.out += line + b"\r\n"
-        self.out += b".\r\n"
+        self.out += TERMINATOR
 
     def flush(self):
         """Write everything queued.  Replies are written before the next

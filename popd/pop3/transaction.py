@@ -12,7 +12,8 @@ import time
 
 from popd.mail import mbox
 from popd.mail.maildrop import MailboxError
-from popd.pop3.protocol import SESSION_CAPABILITIES, Closing, Session, State, policy_capabilities
+from popd.pop3.protocol import (SESSION_CAPABILITIES, TERMINATOR, Closing, Session, State,
+                                policy_capabilities)
 
 ERR_NO_SUCH_MESSAGE = "No such message"
 ERR_DELETED = "Message is deleted"
@@ -97,7 +98,7 @@ class ChildSession(Session):
         so none needs dot-stuffing, and they are joined in one go (100,000
         lines: a few ms instead of tens through multiline())."""
         self.out += "".join(lines).encode("ascii")
-        self.out += mbox.TERMINATOR
+        self.out += TERMINATOR
 
     def cmd_retr(self, arg):
         n = self.message(arg)
@@ -131,8 +132,8 @@ class ChildSession(Session):
             self.out += chunk
             if len(self.out) >= STREAM_CHUNK:
                 self.flush()
-        self.out += mbox.TERMINATOR
-        self.bytes_sent += len(mbox.TERMINATOR)
+        self.out += TERMINATOR
+        self.bytes_sent += len(TERMINATOR)
 
     def cmd_dele(self, arg):
         n = self.message(arg)

@@ -140,10 +140,7 @@ class LockHelperClient:
         if self._pidfd is None:
             return
         try:
-            ready, _, _ = select.select([self._pidfd], [], [], limits.LOCK_HELPER_EXIT_WAIT)
-            if not ready:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-                select.select([self._pidfd], [], [], limits.LOCK_HELPER_EXIT_WAIT)
+            process.wait_or_kill(self._pidfd, limits.LOCK_HELPER_EXIT_WAIT)
             try:
                 os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:        # SIGCHLD ignored: already reaped

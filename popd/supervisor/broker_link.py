@@ -55,9 +55,7 @@ class BrokerLink:
         if self.sock.fileno() >= 0:
             self.sock.close()
         if not self.exited:
-            ready, _, _ = select.select([self.pidfd], [], [], timeout)
-            if not ready:
-                self.kill()
+            process.wait_or_kill(self.pidfd, timeout)
         self.reap(block=True)
 
     def kill(self):

@@ -22,7 +22,9 @@ import os
 import select
 import selectors
 import signal
+import socket
 import time
+from typing import NamedTuple
 
 from popd import config, ipc, limits
 from popd.config import service_ids
@@ -33,6 +35,16 @@ from popd.supervisor.pool import Pool, Slot, SlotState
 from popd.supervisor.spawner import SpawnerError, SpawnerLink
 from popd.unix import logsetup, privileges, process, proctitle, seccomp, tls
 from popd.unix.logsetup import log, sanitize
+
+
+class Waiting(NamedTuple):
+    """An admitted connection waiting for an idle slot."""
+    conn: socket.socket
+    ip: str
+    port: int
+    listen: object        # the listener it came in on (config's listen entry)
+    key: str              # its admission key (addresses.address_key)
+    since: float          # monotonic time it started waiting
 
 
 class StartupError(Exception):
@@ -50,7 +62,7 @@ class Supervisor:
         self.pool = Pool()
         self.admission = admission.Admission(cfg.limits.max_children,
                                              cfg.limits.max_per_ip)
-        self.pending = collections.deque()  # (sock, ip, port, listen, key, since)
+        self.pending = collections.deque()  # Waiting connections, oldest first
         self.sel = selectors.DefaultSelector()
         self.signals = set()
         self.stopping = False
@@ -270,27 +282,31 @@ class Supervisor:
                 log.info("refused: rip=%s, reason=limit", ip)
                 admission.refuse(conn)
                 continue
-            self.pending.append((conn, ip, port, listen, key, time.monotonic()))
+            self.pending.append(Waiting(conn, ip, port, listen, key, time.monotonic()))
         self.dispatch_pending()
+
+    def refuse_waiting(self, waiting):
+        admission.refuse(waiting.conn)
+        self.admission.release(waiting.key)
 
     def dispatch_pending(self):
         while self.pending:
             slot = self.pool.take_idle()
             if slot is None:
                 return
-            conn, ip, port, listen, key, _ = self.pending.popleft()
+            waiting = self.pending.popleft()
             try:
-                slot.broker.send("CHANNEL_BIND", slot=slot.id, peer_ip=ip)
-                ipc.send(slot.sock, "CONNECTION", fds=[conn.fileno()], peer_ip=ip,
-                         peer_port=port, listener=listeners.label(listen),
-                         tls=listen.tls)
+                slot.broker.send("CHANNEL_BIND", slot=slot.id, peer_ip=waiting.ip)
+                ipc.send(slot.sock, "CONNECTION", fds=[waiting.conn.fileno()],
+                         peer_ip=waiting.ip, peer_port=waiting.port,
+                         listener=listeners.label(waiting.listen), tls=waiting.listen.tls)
             except OSError as e:
                 log.warning("slot %d did not take a connection: %s", slot.id, e)
                 self.kill_slot(slot)
-                self.pending.appendleft((conn, ip, port, listen, key, time.monotonic()))
+                self.pending.appendleft(waiting._replace(since=time.monotonic()))
                 continue
-            conn.close()
-            self.pool.mark_busy(slot, key, ip)
+            waiting.conn.close()
+            self.pool.mark_busy(slot, waiting.key, waiting.ip)
 
     # -- slots -----------------------------------------------------------------
     def spawn_slots(self):
@@ -602,10 +618,8 @@ class Supervisor:
                             "ended; killing it", slot.id)
                 send_signal(slot.front_pidfd, signal.SIGKILL)
                 del self.draining[sid]
-        while self.pending and now - self.pending[0][5] > self.cfg.limits.login_deadline:
-            conn, _, _, _, key, _ = self.pending.popleft()
-            admission.refuse(conn)
-            self.admission.release(key)
+        while self.pending and now - self.pending[0].since > self.cfg.limits.login_deadline:
+            self.refuse_waiting(self.pending.popleft())
         if self.stopping and now >= self.stop_deadline:
             for slot in self.pool.slots.values():
                 self.kill_slot(slot, "outlived the shutdown grace")
@@ -623,9 +637,7 @@ class Supervisor:
             sock.close()
         self.sockets = []
         while self.pending:
-            conn, _, _, _, key, _ = self.pending.popleft()
-            admission.refuse(conn)
-            self.admission.release(key)
+            self.refuse_waiting(self.pending.popleft())
         for slot in self.pool.slots.values():
             if slot.state in (SlotState.STARTING, SlotState.IDLE):
                 self.kill_slot(slot)

@@ -26,7 +26,6 @@ subreaper.  It never touches a client socket.
 """
 import os
 import select
-import signal
 import socket
 
 from popd import ipc, limits
@@ -147,8 +146,5 @@ class SpawnerLink:
         """At the supervisor's exit: the stopped spawner must be gone too
         (it leaves at once on end of channel; killed after limits.SPAWNER_ANSWER_TIMEOUT)."""
         self.sock.close()
-        ready, _, _ = select.select([self.pidfd], [], [], limits.SPAWNER_ANSWER_TIMEOUT)
-        if not ready:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            select.select([self.pidfd], [], [], limits.SPAWNER_ANSWER_TIMEOUT)
+        process.wait_or_kill(self.pidfd, limits.SPAWNER_ANSWER_TIMEOUT)
         os.close(self.pidfd)

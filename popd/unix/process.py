@@ -9,6 +9,7 @@ its own list and restores default signal handling.
 import _signal
 import gc
 import os
+import select
 import signal
 
 from popd.unix import logsetup
@@ -95,3 +96,18 @@ def reap_children():
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) != signal.SIGKILL:
             logsetup.log.warning("process %d died of signal %d", pid,
                                  os.WTERMSIG(status))
+
+
+def wait_or_kill(pidfd, grace):
+    """Wait up to `grace` seconds for the process behind `pidfd` to exit;
+    then SIGKILL it and wait as long again.  True if it left by itself.
+    (The spawner, the broker and the lock helper are ended this way.)"""
+    ready, _, _ = select.select([pidfd], [], [], grace)
+    if ready:
+        return True
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    select.select([pidfd], [], [], grace)
+    return False
