@@ -4,7 +4,8 @@ Every file here runs as root (uid 0, full capabilities), and the
 supervisor never reads a byte a client sent:
 
 - loop.py            the main loop: signals deferred to it, accept, admit,
-                     hand over, reap, reload, stop
+                     hand over, reap, stop
+- reload.py          SIGHUP: the new configuration, broker and TLS context
 - listeners.py       bind the listening sockets, before anything is forked
 - admission.py       the global and per-address caps and the canned refusal
 - pool.py            slot records: idle/busy, spawn pacing, crash back-off

@@ -26,14 +26,15 @@ import socket
 import time
 from typing import NamedTuple
 
-from popd import config, ipc, limits
+from popd import ipc, limits
 from popd.config import service_ids
 from popd.ipc import Channel, Role
-from popd.supervisor import admission, listeners, sessions, startup_checks, trusted_files
+from popd.supervisor import admission, listeners, reload, sessions, startup_checks, trusted_files
 from popd.supervisor.broker_link import BrokerLink, BrokerStartError
 from popd.supervisor.pool import Pool, Slot, SlotState
 from popd.supervisor.spawner import SpawnerError, SpawnerLink
-from popd.unix import logsetup, privileges, process, proctitle, seccomp, tls
+from popd.supervisor.startup_checks import StartupError
+from popd.unix import privileges, process, proctitle, seccomp, tls
 from popd.unix.logsetup import log, sanitize
 
 
@@ -45,10 +46,6 @@ class Waiting(NamedTuple):
     listen: object        # the listener it came in on (config's listen entry)
     key: str              # its admission key (addresses.address_key)
     since: float          # monotonic time it started waiting
-
-
-class StartupError(Exception):
-    pass
 
 
 class Supervisor:
@@ -182,77 +179,7 @@ class Supervisor:
 
     # -- SIGHUP ----------------------------------------------------------------
     def reload(self):
-        """Read the configuration again and apply it to new slots; sessions
-        in progress keep what they started with.  A configuration that does
-        not load, a TLS certificate that does not, or a broker that does
-        not start: logged, and the running configuration stays."""
-        try:
-            new = config.load(self.cfg.path)
-        except config.ConfigError as e:
-            log.error("SIGHUP: configuration refused, the running one stays: %s",
-                      "; ".join(e.problems))
-            return
-        problems = startup_checks.problems(new)
-        if problems:
-            log.error("SIGHUP: configuration refused, the running one stays: %s",
-                      "; ".join(problems))
-            return
-        fixed = [k.name for k in config.KEYS if not k.reloadable
-                 and config.value(new, k.name) != config.value(self.cfg, k.name)]
-        for name in fixed:
-            config.set_value(new, name, config.value(self.cfg, name))
-        if fixed:
-            log.warning("SIGHUP: %s changed; these need a restart, the running "
-                        "values stay", ", ".join(fixed))
-        # The new broker is forked before the new TLS context is built, and
-        # after the old one is dropped: OpenSSL clears a private key when it
-        # frees it, so the broker starts without a usable copy of the key.
-        old_ctx = tls.context()
-        tls.install(None)
-        gc.collect()
-        try:
-            link = self.start_broker(new)
-        except StartupError as e:
-            tls.install(old_ctx)
-            log.error("SIGHUP: %s; the running configuration stays", e)
-            return
-        ctx = None
-        if any(listen.tls != "none" for listen, _ in self.sockets):
-            try:
-                ctx = tls.build_context(new.tls)
-            except tls.TLSConfigError as e:
-                tls.install(old_ctx)
-                self.retire(link)
-                log.error("SIGHUP: %s; the running configuration stays", e)
-                return
-        del old_ctx
-        tls.install(ctx)
-        self.cfg = new
-        try:
-            logsetup.setup(new.logging)
-        except OSError as e:                   # syslog unreachable: say so on stderr
-            logsetup.setup(new.logging, handler=logsetup.StreamHandler())
-            log.error("SIGHUP: cannot reach syslog at %s (%s); logging to stderr",
-                      new.logging.syslog_address, e.strerror)
-        proctitle.configure(new.logging.verbose_proctitle)
-        self.admission.max_children = new.limits.max_children
-        self.admission.max_per_ip = new.limits.max_per_ip
-        self.retire(self.broker)
-        self.broker = link
-        # The spawner holds the old configuration and TLS context; slots
-        # are forked by a new one from now on.
-        self.spawner.stop()
-        gc.collect()
-        gc.freeze()
-        self.spawner = SpawnerLink.start(new)
-        # Idle slots hold the old configuration and the old broker's
-        # channels: replace them.  Busy ones finish as they are.
-        for slot in list(self.pool.slots.values()):
-            if slot.state in (SlotState.STARTING, SlotState.IDLE):
-                slot.retiring = True
-                self.kill_slot(slot)
-                self.pool.idle_forget(slot)
-        log.info("SIGHUP: configuration reloaded from %s", new.path)
+        reload.reload(self)
 
     def retire(self, link):
         """A broker that new slots no longer use; it stops when the last

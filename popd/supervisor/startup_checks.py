@@ -13,6 +13,10 @@ from popd.supervisor import trusted_files
 from popd.unix import tls
 
 
+class StartupError(Exception):
+    """popd cannot start (or a SIGHUP cannot apply): one line per problem."""
+
+
 def problems(cfg, create=True):
     """The problem lines for `cfg`; with create=False nothing is made and
     the TLS key and certificate are also loaded, as the daemon loads them
