@@ -86,12 +86,14 @@ class Spec:
 
 
 _C, _R = Channel, Role
+# A client connection (its socket is the frame's one fd): the supervisor
+# tells the child in CONNECTION, the child tells its front in CLIENT.
+_CLIENT_FIELDS = (("peer_ip", STR(64)), ("peer_port", U32), ("listener", STR(80)),
+                  ("tls", STR(16)))
 MESSAGES = [
     # supervisor <-> child: slot life cycle
     Spec("SLOT_READY", 1, _C.SUPERVISOR_CHILD, _R.CHILD, (("front_pid", U32),)),
-    Spec("CONNECTION", 2, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
-         (("peer_ip", STR(64)), ("peer_port", U32), ("listener", STR(80)),
-          ("tls", STR(16))), fds=1),
+    Spec("CONNECTION", 2, _C.SUPERVISOR_CHILD, _R.SUPERVISOR, _CLIENT_FIELDS, fds=1),
     Spec("STATE_DIR_READY", 4, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
          (("uid", U32),)),
     # Instead of STATE_DIR_READY: the maildrop is held by another session
@@ -145,9 +147,8 @@ MESSAGES = [
           ("secret", BYTES(limits.MAX_SECRET)))),
     Spec("VERIFIED", 25, _C.BROKER_WORKER, _R.WORKER, (("job", U32), ("ok", U32))),
     # child <-> front
-    Spec("CLIENT", 17, _C.CHILD_FRONT, _R.CHILD,
-         (("peer_ip", STR(64)), ("peer_port", U32), ("listener", STR(80)),
-          ("tls", STR(16))), fds=1),
+    # The connection as the supervisor passed it, on to the front.
+    Spec("CLIENT", 17, _C.CHILD_FRONT, _R.CHILD, _CLIENT_FIELDS, fds=1),
     Spec("MAILBOX_READY", 19, _C.CHILD_FRONT, _R.CHILD, ()),
     Spec("MAILBOX_ERR", 21, _C.CHILD_FRONT, _R.CHILD,
          (("code", STR(16)), ("text", STR(200)))),
