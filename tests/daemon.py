@@ -330,3 +330,60 @@ def status(pid):
         key, _, value = line.partition(":")
         out[key] = value.strip()
     return out
+
+
+# -- reading live processes -------------------------------------------------
+
+def caps(st):
+    return st["CapPrm"], st["CapEff"], st["CapBnd"]
+
+
+def fd_targets(pid):
+    out = []
+    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        try:
+            out.append((int(fd), os.readlink(f"/proc/{pid}/fd/{fd}")))
+        except OSError:
+            pass
+    return out
+
+
+def tcp_listen_inodes():
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":
+                inodes.add(fields[9])
+    return inodes
+
+
+def socket_kinds(pid):
+    """Counts of what the process's fds are: unix sockets, tcp listeners, ..."""
+    listen = tcp_listen_inodes()
+    unix = {line.split()[6] for line in open("/proc/net/unix").read().splitlines()[1:]}
+    kinds = {}
+    for fd, target in fd_targets(pid):
+        if target.startswith("socket:["):
+            inode = target[8:-1]
+            kind = "listen" if inode in listen else "unix" if inode in unix else "tcp"
+        elif target.startswith("pipe:"):
+            kind = "pipe"
+        elif target.startswith("anon_inode:"):
+            kind = target[len("anon_inode:"):].strip("[]")
+        else:
+            kind = target
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def in_child(fn):
+    """Run fn() in a forked process; returns its exit status (0 = all held)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            code = fn()
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])

@@ -3,7 +3,6 @@ and the privilege story read from /proc of the live processes."""
 import os
 import poplib
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -12,20 +11,24 @@ import time
 import pytest
 
 from tests import replies
-from tests.daemon import BROKER_UID, LOGIN_UID, POPD_UID, USERS, Daemon, descendants, status
+from tests.clients import MBOX, OCTETS, connect_raw, login
+from tests.daemon import (
+    BROKER_UID,
+    LOGIN_UID,
+    POPD_UID,
+    USERS,
+    Daemon,
+    caps,
+    descendants,
+    socket_kinds,
+    status,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 
 SETID_CAPS = "00000000000000c0"
 NO_CAPS = "0000000000000000"
 
-MBOX = (b"From alice@example.org Thu Nov 26 10:00:00 2026\n"
-        b"From: a@example.org\nSubject: one\n\nHello\n.dot line\n\n"
-        b"From bob@example.org Thu Nov 26 11:00:00 2026\n"
-        b"From: b@example.org\nSubject: two\n\n>From quoted\nbye\n\n")
-# Message 1 as sent: "From: a@example.org\r\nSubject: one\r\n\r\nHello\r\n.dot line\r\n"
-OCTETS = [len(b"From: a@example.org\r\nSubject: one\r\n\r\nHello\r\n.dot line\r\n"),
-          len(b"From: b@example.org\r\nSubject: two\r\n\r\n>From quoted\r\nbye\r\n")]
 
 
 @pytest.fixture
@@ -33,28 +36,6 @@ def popd():
     with Daemon() as d:
         d.write_mbox("alice", MBOX)
         yield d
-
-
-def login(d, user="alice", source=None):
-    password = USERS[user][0]
-    if source:
-        sock = socket.create_connection((d.host, d.port), timeout=10,
-                                        source_address=(source, 0))
-        client = poplib.POP3.__new__(poplib.POP3)
-        client.host, client.port, client._tls_established = d.host, d.port, False
-        client.sock, client.file = sock, sock.makefile("rb")
-        client._debugging = 0
-        client.welcome = client._getresp()
-    else:
-        client = poplib.POP3(d.host, d.port, timeout=10)
-    client.user(user)
-    client.pass_(password)
-    return client
-
-
-def connect_raw(d, source="127.0.0.1"):
-    s = socket.create_connection((d.host, d.port), timeout=10, source_address=(source, 0))
-    return s, s.makefile("rb")
 
 
 def test_login_stat_retr_quit(popd):
@@ -142,49 +123,6 @@ def test_overlong_line_is_drained_and_session_goes_on(popd):
 
 
 # -- the process model, read from /proc ------------------------------------------
-
-def caps(st):
-    return st["CapPrm"], st["CapEff"], st["CapBnd"]
-
-
-def fd_targets(pid):
-    out = []
-    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
-        try:
-            out.append((int(fd), os.readlink(f"/proc/{pid}/fd/{fd}")))
-        except OSError:
-            pass
-    return out
-
-
-def tcp_listen_inodes():
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in open(table).read().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A":
-                inodes.add(fields[9])
-    return inodes
-
-
-def socket_kinds(pid):
-    """Counts of what the process's fds are: unix sockets, tcp listeners, ..."""
-    listen = tcp_listen_inodes()
-    unix = {line.split()[6] for line in open("/proc/net/unix").read().splitlines()[1:]}
-    kinds = {}
-    for fd, target in fd_targets(pid):
-        if target.startswith("socket:["):
-            inode = target[8:-1]
-            kind = "listen" if inode in listen else "unix" if inode in unix else "tcp"
-        elif target.startswith("pipe:"):
-            kind = "pipe"
-        elif target.startswith("anon_inode:"):
-            kind = target[len("anon_inode:"):].strip("[]")
-        else:
-            kind = target
-        kinds[kind] = kinds.get(kind, 0) + 1
-    return kinds
-
 
 def test_process_table_before_login(popd):
     popd.wait_for_pids("child idle", 2)

@@ -11,8 +11,8 @@ import pytest
 
 from popd import ipc
 from tests import replies
+from tests.clients import MBOX, connect_raw, login
 from tests.daemon import USERS, Daemon, descendants, title
-from tests.system.test_foundation import MBOX, connect_raw, login
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 

@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from tests import replies
+from tests.clients import MBOX
 from tests.daemon import USERS, Daemon
-from tests.system.test_foundation import MBOX
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 

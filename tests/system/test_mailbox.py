@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from tests.clients import connect_raw
 from tests.daemon import USERS, Daemon
-from tests.system.test_foundation import connect_raw
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 

@@ -10,9 +10,8 @@ import time
 import pytest
 
 from tests import replies
-from tests.daemon import REPO, USERS, Daemon
-from tests.system.test_foundation import MBOX, connect_raw, login
-from tests.system.test_sandbox import in_child
+from tests.clients import MBOX, connect_raw, login
+from tests.daemon import REPO, USERS, Daemon, in_child
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 

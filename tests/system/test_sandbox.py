@@ -10,25 +10,22 @@ import pytest
 
 from popd.unix import privileges
 from tests import replies
-from tests.daemon import BROKER_UID, LOGIN_UID, POPD_UID, USERS, Daemon, descendants, title
-from tests.system.test_foundation import MBOX, connect_raw, login
+from tests.clients import MBOX, connect_raw, login
+from tests.daemon import (
+    BROKER_UID,
+    LOGIN_UID,
+    POPD_UID,
+    USERS,
+    Daemon,
+    descendants,
+    in_child,
+    title,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 
 PTRACE_ATTACH = 16
 libc = ctypes.CDLL("libc.so.6", use_errno=True)
-
-
-def in_child(fn):
-    """Run fn() in a forked process; returns its exit status (0 = all held)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            code = fn()
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def ptrace_refused(pid):

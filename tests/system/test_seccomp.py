@@ -20,9 +20,8 @@ import pytest
 from popd import limits
 from popd.unix import privileges, process, seccomp
 from tests import replies
+from tests.clients import MBOX, USERS_TLS, Client, login
 from tests.daemon import LOGIN_UID, Daemon, status
-from tests.system.test_foundation import MBOX, login
-from tests.system.test_tls import USERS_TLS, Client
 
 # What the supervisor does at startup, before it forks anything.
 PROBLEM = seccomp.startup_problem("required")

@@ -13,9 +13,8 @@ import yaml
 from popd.pop3 import sasl
 from popd.unix import privileges
 from tests import replies
-from tests.daemon import LOGIN_UID, USERS, Daemon, status
-from tests.system.test_foundation import MBOX, OCTETS, caps, socket_kinds
-from tests.system.test_sandbox import in_child
+from tests.clients import CAROL, MBOX, OCTETS, USERS_TLS, Client
+from tests.daemon import LOGIN_UID, USERS, Daemon, caps, in_child, socket_kinds, status
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 
@@ -23,73 +22,6 @@ NO_CAPS = "0000000000000000"
 BASE_CAPA = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
 POLICY_CAPA = [b"EXPIRE NEVER"]     # mail.expire_days unset, no login_delay
 PLAIN_CAPA = [b"USER", b"SASL PLAIN"]
-# A password whose PLAIN initial response is longer than RFC 1939's 40
-# characters per argument (but fits the 255-octet command line).
-CAROL = ("a much longer passphrase, 40 characters!", 61003, 61003)
-USERS_TLS = {**USERS, "carol": CAROL}
-
-
-class Client:
-    """A line-oriented POP3 client over a socket that can switch to TLS.
-    It keeps its own buffer, so a test can prove that nothing arrived in
-    the clear between STLS's +OK and the handshake."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.buf = b""
-
-    @classmethod
-    def connect(cls, d, port=None, timeout=10):
-        return cls(socket.create_connection((d.host, port or d.port), timeout=timeout))
-
-    @classmethod
-    def implicit(cls, d, ctx=None, **kw):
-        client = cls.connect(d, d.tls_port)
-        client.wrap(ctx or d.client_context(), **kw)
-        return client
-
-    def wrap(self, ctx, **kw):
-        assert self.buf == b"", self.buf
-        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost", **kw)
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def line(self):
-        while b"\r\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError(self.buf)
-            self.buf += data
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def command(self, text):
-        self.send(text + b"\r\n")
-        return self.line()
-
-    def multiline(self):
-        lines = []
-        while (line := self.line()) != b".":
-            lines.append(line[1:] if line.startswith(b"..") else line)
-        return lines
-
-    def capa(self):
-        assert self.command(b"CAPA").startswith(b"+OK")
-        return self.multiline()
-
-    def starttls(self, d, **kw):
-        assert self.command(b"STLS") == replies.BEGIN_TLS
-        self.wrap(d.client_context(), **kw)
-
-    def login(self, user="alice"):
-        assert self.command(b"USER " + user.encode()) == b"+OK"
-        assert self.command(b"PASS " + USERS_TLS[user][0].encode()) == replies.LOGGED_IN
-
-    def close(self):
-        self.sock.close()
-
-
 def nothing_arrives(client, seconds=0.5):
     client.sock.settimeout(seconds)
     try:

@@ -19,6 +19,7 @@ from passlib.context import CryptContext
 from popd import limits, passwd_cli
 from popd.broker import passwd
 from popd.broker.passwd import PasswdEntry, PasswdError, Verifier
+from tests.dovecot_hashes import DOVECOT_SHA256, DOVECOT_SHA512
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,12 +30,6 @@ DOVECOT_ARGON2ID = ("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$vBb99oJ12p3WAdY"
                     "laMHz1A$jtFOtbo/sYV9OSlTxDo/nVNq3uArHd5GJSEx0ty85Cc")
 DOVECOT_ARGON2I = ("{ARGON2I}$argon2i$v=19$m=32768,t=4,p=1$f2iuP4aUeNMrgu34fh"
                    "Okkg$1XSZZMWlIs0zmE+snlUIcLADO3GXbA2O/hsQmmc317k")
-# `doveadm pw` output for "test123" (PostfixAdmin's interop fixtures).
-DOVECOT_SHA512 = ("{SHA512-CRYPT}$6$MViNQUSbWyXWL9wZ$63VsBU2a/ZFb9f/dK4EmaXAB"
-                  "E9jAcNltR7y6a2tXLKoV5F5jMezno.2KpmtD3U0FDjfa7A.pkCluVMlZJ."
-                  "F64.")
-DOVECOT_SHA256 = ("{SHA256-CRYPT}$5$CFly6wzfn2az3U8j$EhfQPTdjpMGAisfCjCKektLk"
-                  "e5GGEmtdLVaCZSmsKw2")
 DOVECOT_CRYPT_BLF = ("{CRYPT}$2y$05$ORqzr0AagWr25v3ixHD5QuMXympIoNTbipEFZz6aAm"
                      "ovGNoij2vDO")
 # Dovecot's SSHA512 is base64(sha512(password + salt) + salt), built by hand

@@ -24,8 +24,7 @@ from passlib.hash import (
 
 from popd.broker import passwd
 from popd.broker.passwd import PasswdEntry, Verifier
-
-from .test_passwd import DOVECOT_SHA512
+from tests.dovecot_hashes import DOVECOT_SHA512
 
 PASSWORD = "test"
 WEAK = {

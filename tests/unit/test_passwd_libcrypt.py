@@ -17,8 +17,7 @@ from passlib.hash import des_crypt, md5_crypt, sha256_crypt, sha512_crypt
 
 from popd.broker import libcrypt, passwd
 from popd.broker.passwd import PasswdEntry, Verifier
-
-from .test_passwd import DOVECOT_SHA256, DOVECOT_SHA512
+from tests.dovecot_hashes import DOVECOT_SHA256, DOVECOT_SHA512
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBPASS = CryptContext(schemes=["sha256_crypt", "sha512_crypt"])
