@@ -111,8 +111,3 @@ class LineReader:
         data = bytes(self.buf)
         self.buf.clear()
         return data
-
-    def discard_buffered(self):
-        """Drop bytes read but not consumed (after STLS: RFC 2595, and
-        CVE-2011-0411's command injection)."""
-        self.buf.clear()

@@ -192,17 +192,6 @@ def test_take_buffered_returns_exactly_what_was_read_but_not_consumed(case, n):
     assert reader.take_buffered() == b"" and len(reader.buf) == 0
 
 
-@given(st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), min_size=2,
-                max_size=6))
-def test_discard_buffered_drops_what_came_with_the_line(words):
-    """STLS: commands that came in the same read as STLS are dropped."""
-    data = b"STLS\r\n" + b"".join(w + b"\r\n" for w in words)
-    sock = ScriptedSocket([data, b"CAPA\r\n"])
-    reader = LineReader(sock, LIMIT)
-    assert reader.read_line(future()) == b"STLS"
-    reader.discard_buffered()
-    assert reader.read_line(future()) == b"CAPA"
-
 
 @given(st.binary(max_size=LIMIT).map(lambda b: b.replace(b"\n", b"")), chunked())
 def test_initial_bytes_come_first(first, case):
