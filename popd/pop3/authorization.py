@@ -140,10 +140,8 @@ class FrontSession(Session):
         if not self.plaintext_allowed():
             self.refuse(ERR_NEED_TLS, code="AUTH")
             return
-        if len(name) > limits.MAX_LOGIN:
-            self.bad(ERR_AUTH)
-            return
-        # +OK whatever the name: whether it exists is only learnt from PASS,
+        # The name fits limits.MAX_LOGIN: parse() refuses an argument over
+        # RFC 1939's 40 characters.  +OK whatever the name: whether it exists is only learnt from PASS,
         # and then only together with the right password.
         self.user = name
         self.ok()
@@ -156,9 +154,8 @@ class FrontSession(Session):
         if user is None:
             self.bad(ERR_NEED_USER)
             return
-        if len(secret) > limits.MAX_SECRET:
-            self.err(ERR_AUTH, code="AUTH")
-            return
+        # The secret fits limits.MAX_SECRET: it is the rest of a command
+        # line of at most limits.MAX_COMMAND_LINE bytes.
         self.authenticate("", user, secret, "PASS")
 
     def cmd_auth(self, mechanism=None, initial=None):

@@ -309,3 +309,9 @@ def test_child_serves_pipelined_leftover_first():
     assert status[0].startswith(b"+OK 2 ") and status[1] == b"+OK 2 messages"
     assert status[-1] == b"+OK Bye, 1 message(s) deleted"
 
+
+
+def test_the_parser_bounds_what_user_and_pass_may_carry():
+    # authorization.py relies on these instead of checking again.
+    assert protocol.COMMANDS["USER"].max_argument <= limits.MAX_LOGIN
+    assert limits.MAX_COMMAND_LINE <= limits.MAX_SECRET
