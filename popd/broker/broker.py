@@ -194,7 +194,7 @@ class Broker:
         self.workers[ours] = None
         self.sel.register(ours, selectors.EVENT_READ, ("worker", ours))
 
-    def from_worker(self, sock):
+    def read_worker(self, sock):
         try:
             msg = ipc.recv(sock, Channel.BROKER_WORKER, Role.BROKER)
         except (ipc.Closed, ipc.Violation) as e:
@@ -288,11 +288,11 @@ class Broker:
                     continue               # closed by an earlier event of this turn
                 kind, arg = key.data
                 if kind == "supervisor":
-                    self.from_supervisor()
+                    self.read_supervisor()
                 elif kind == "worker":
-                    self.from_worker(arg)
+                    self.read_worker(arg)
                 elif kind == "front":
-                    self.from_front(arg)
+                    self.read_front(arg)
                 else:
                     self.close_slot(arg, None)      # the slot's child ended
             now = time.monotonic()
@@ -301,7 +301,7 @@ class Broker:
                 self.finish(job, good)
 
     # -- supervisor ----------------------------------------------------------
-    def from_supervisor(self):
+    def read_supervisor(self):
         try:
             msg = ipc.recv(self.sup, Channel.SUPERVISOR_BROKER, Role.BROKER)
         except ipc.Closed:
@@ -310,39 +310,49 @@ class Broker:
         except ipc.Violation as e:
             log.error("broker: bad frame from the supervisor: %s", e)
             raise SystemExit(1)
-        if msg.name == "CHANNELS_NEW":
-            front, child = (socket.socket(fileno=fd) for fd in msg.fds)
-            if msg.slot in self.slots:
-                self.close_slot(self.slots[msg.slot], "slot id reused")
-            chan = SlotChannels(msg.slot, front, child)
-            self.slots[msg.slot] = chan
-            self.sel.register(front, selectors.EVENT_READ, ("front", chan))
-            self.sel.register(child, selectors.EVENT_READ, ("child", chan))
-        elif msg.name == "SESSION_ENDED":
-            self.session_end(msg.login)
-        elif msg.name == "CHANNEL_BIND":
-            chan = self.slots.get(msg.slot)
-            if chan is None or chan.state is not ChannelState.UNBOUND:
-                log.warning("broker: CHANNEL_BIND for slot %d in state %s",
-                            msg.slot, chan.state.value if chan else "none")
-                return
-            chan.peer_ip = msg.peer_ip
-            chan.address = addresses.address_key(msg.peer_ip)
-            chan.state = ChannelState.BOUND
+        self.SUPERVISOR_REQUESTS[msg.name](self, msg)
+
+    def answer_channels_new(self, msg):
+        front, child = (socket.socket(fileno=fd) for fd in msg.fds)
+        if msg.slot in self.slots:
+            self.close_slot(self.slots[msg.slot], "slot id reused")
+        chan = SlotChannels(msg.slot, front, child)
+        self.slots[msg.slot] = chan
+        self.sel.register(front, selectors.EVENT_READ, ("front", chan))
+        self.sel.register(child, selectors.EVENT_READ, ("child", chan))
+
+    def answer_session_ended(self, msg):
+        self.session_end(msg.login)
+
+    def answer_channel_bind(self, msg):
+        chan = self.slots.get(msg.slot)
+        if chan is None or chan.state is not ChannelState.UNBOUND:
+            log.warning("broker: CHANNEL_BIND for slot %d in state %s",
+                        msg.slot, chan.state.value if chan else "none")
+            return
+        chan.peer_ip = msg.peer_ip
+        chan.address = addresses.address_key(msg.peer_ip)
+        chan.state = ChannelState.BOUND
+
+    # Every message the supervisor may send (ipc.py checks the channel and
+    # the direction before this table is read).
+    SUPERVISOR_REQUESTS = {"CHANNELS_NEW": answer_channels_new,
+                           "SESSION_ENDED": answer_session_ended,
+                           "CHANNEL_BIND": answer_channel_bind}
 
     def drain_supervisor(self):
         """Read whatever the supervisor has already sent, without waiting."""
         while True:
             self.sup.setblocking(False)
             try:
-                self.from_supervisor()
+                self.read_supervisor()
             except BlockingIOError:
                 return
             finally:
                 self.sup.setblocking(True)
 
     # -- fronts --------------------------------------------------------------
-    def from_front(self, chan):
+    def read_front(self, chan):
         if chan.front is None:            # closed earlier in this loop turn
             return
         try:
@@ -355,9 +365,9 @@ class Broker:
             return
         if chan.state is ChannelState.UNBOUND:
             self.drain_supervisor()
-        if msg.name == "LOGIN_DONE":
-            self.answer_login_done(chan)
-            return
+        self.FRONT_REQUESTS[msg.name](self, chan, msg)
+
+    def answer_auth_request(self, chan, msg):
         if chan.state is not ChannelState.BOUND:
             self.close_slot(chan, f"{msg.name} in state {chan.state.value}")
             return
@@ -413,7 +423,7 @@ class Broker:
                 and select.select([chan.front], [], [], 0)[0]):
             # The front must not speak while it waits, so readable means
             # it has gone (given up at its deadline): no grant to a gone client.
-            self.from_front(chan)
+            self.read_front(chan)
         if chan.closed or chan.state is not ChannelState.WAITING:
             if good:
                 log.info('login abandoned: rip=%s, user="%s": the front was '
@@ -511,7 +521,7 @@ class Broker:
             return 0
         return max(0.0, ended + self.cfg.limits.login_delay - time.monotonic())
 
-    def answer_login_done(self, chan):
+    def answer_login_done(self, chan, msg):
         """The front told its client +OK: now the login counts as this
         (user, address)'s recent success."""
         if chan.state is not ChannelState.GRANTED:
@@ -519,6 +529,12 @@ class Broker:
             return
         chan.state = ChannelState.DONE
         self.throttle.succeeded(chan.login, chan.address)
+
+    # Every message a front may send, each accepted in one channel state
+    # only (AUTH_REQUEST: BOUND; LOGIN_DONE: GRANTED); in any other the
+    # channel is closed.
+    FRONT_REQUESTS = {"AUTH_REQUEST": answer_auth_request,
+                      "LOGIN_DONE": answer_login_done}
 
     def grant_problem(self, entry):
         """Why this account must never be served, or None."""

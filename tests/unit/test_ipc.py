@@ -90,3 +90,12 @@ def test_auth_request_round_trip(authzid, authcid, secret):
                       method="PASS")
     msg = ipc.decode(data, Channel.BROKER_FRONT, Role.BROKER)
     assert (msg.authzid, msg.authcid, msg.secret) == (authzid, authcid, secret)
+
+
+def test_the_broker_answers_every_message_its_peers_may_send():
+    from popd.broker.broker import Broker
+    sent = {(spec.channel, spec.sender): set() for spec in ipc.MESSAGES}
+    for spec in ipc.MESSAGES:
+        sent[spec.channel, spec.sender].add(spec.name)
+    assert set(Broker.SUPERVISOR_REQUESTS) == sent[Channel.SUPERVISOR_BROKER, Role.SUPERVISOR]
+    assert set(Broker.FRONT_REQUESTS) == sent[Channel.BROKER_FRONT, Role.FRONT]
