@@ -15,7 +15,7 @@ checks all of that and decodes to the last byte; anything else raises
 Violation and the caller closes the channel.  Which messages are valid in
 which *state* is the receiver's business (broker.py, child.py, ...).
 
-SEQPACKET traps (measured, DESIGN.md): recv(n) silently truncates a longer
+SEQPACKET traps (measured on Linux; tests/unit/test_ipc.py): recv(n) silently truncates a longer
 datagram, so we read max+1 and refuse MSG_TRUNC; ancillary space offered on
 a channel that expects no fds lets the peer push fds into us, so it is
 offered only where a message of that channel carries fds, and extra or

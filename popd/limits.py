@@ -19,7 +19,7 @@ MAX_SASL_LINE = 2048
 MAX_LOGIN = 64
 MAX_SECRET = 1024
 
-# IPC (DESIGN.md "IPC"): one frame per SEQPACKET datagram, never larger.
+# IPC (ipc.py): one frame per SEQPACKET datagram, never larger.
 MAX_FRAME = 4096
 
 # The supervisor reads nothing from clients; the canned refusal is all it

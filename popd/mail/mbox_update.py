@@ -4,7 +4,8 @@ The caller is the session child, running as the mailbox owner (never root),
 holding the mailbox's fcntl write lock and dot-lock.  This module never
 opens the mailbox and never locks: it works on the caller's descriptor, and
 on one journal file whose path the caller chooses inside the per-uid state
-directory (DESIGN.md), never next to the mbox.
+directory, never next to the mbox (the owner may not be able to create
+files in the spool, and other users' mailboxes live there).
 
 API
 ===

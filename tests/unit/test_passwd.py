@@ -301,7 +301,8 @@ def test_verify_needs_warm_up():
 
 
 def test_no_module_loads_after_warm_up(tmp_path):
-    """After the privilege drop nothing can be imported (DESIGN.md): every
+    """After the privilege drop imports may fail (the broker's files are
+    root's): every
     broker-side operation must work with only what warm_up() loaded."""
     users = tmp_path / "users"
     users.write_text(PASSWD_FILE)
