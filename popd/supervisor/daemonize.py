@@ -6,8 +6,8 @@ daemon's DaemonContext, used to detach and nothing else), and the
 supervisor (Pidfile, the reports, sd_notify).
 
 python-daemon is used for detaching only, because the rest does not fit
-popd: its uid/gid keep root's supplementary groups (popd drops privileges per process, in
-privileges.py), its default umask is 0 (popd sets its own), its pid file
+popd: its uid/gid keep root's supplementary groups (popd drops privileges
+per process, in unix/privileges.py), its default umask is 0 (popd sets its own), its pid file
 has no stale-pid detection, its default SIGTERM handler raises inside the
 handler (the supervisor installs its own), and a failure after its fork is
 invisible: the launcher has already exited 0.  So the launcher keeps a pipe
