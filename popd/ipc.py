@@ -15,11 +15,35 @@ checks all of that and decodes to the last byte; anything else raises
 Violation and the caller closes the channel.  Which messages are valid in
 which *state* is the receiver's business (broker.py, child.py, ...).
 
-SEQPACKET traps (measured on Linux; tests/unit/test_ipc.py): recv(n) silently truncates a longer
-datagram, so we read max+1 and refuse MSG_TRUNC; ancillary space offered on
-a channel that expects no fds lets the peer push fds into us, so it is
-offered only where a message of that channel carries fds, and extra or
-unexpected fds are closed.
+One login, every frame in order (USER/PASS and AUTH PLAIN alike):
+
+        from        to          frame
+      1 supervisor  broker      CHANNEL_BIND     the slot chosen for a new connection, its address
+      2 supervisor  child       CONNECTION (fd)  the client socket (the supervisor read none of it)
+      3 child       front       CLIENT (fd)      the same; the front greets, reads USER/PASS
+      4 front       broker      AUTH_REQUEST
+      5 broker      worker      VERIFY           (VERIFY_PAM for the pam backend)
+      6 worker      broker      VERIFIED
+      7 broker      child       GRANT            login, uid, gid, mbox
+      8 broker      supervisor  GRANTED          the same: the supervisor prepares the state dir
+      9 broker      front       AUTH_OK
+     10 supervisor  child       STATE_DIR_READY  (SESSION_REFUSED: the maildrop is in use);
+                                                 may come before 9; the child then becomes the
+                                                 owner and opens the mailbox
+     11 child       front       MAILBOX_READY    (MAILBOX_ERR); the front answers "+OK"
+     12 front       broker      LOGIN_DONE       only now does the success count
+     13 front       child       HANDOVER (fd)    the client or the TLS pipe, pipelined bytes
+        ... the session ...
+     14 child       supervisor  CHILD_DONE
+     15 supervisor  broker      SESSION_ENDED    limits.login_delay counts from here
+
+A wrong password gets AUTH_FAIL (broker -> front) in place of 7 to 13.
+
+SEQPACKET traps (measured on Linux; tests/unit/test_ipc.py): recv(n)
+silently truncates a longer datagram, so we read max+1 and refuse
+MSG_TRUNC; ancillary space offered on a channel that expects no fds lets
+the peer push fds into us, so it is offered only where a message of that
+channel carries fds, and extra or unexpected fds are closed.
 """
 import array
 import enum
