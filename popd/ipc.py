@@ -116,75 +116,85 @@ _CLIENT_FIELDS = (("peer_ip", STR(64)), ("peer_port", U32), ("listener", STR(80)
                   ("tls", STR(16)))
 MESSAGES = [
     # supervisor <-> child: slot life cycle
-    Spec("SLOT_READY", 1, _C.SUPERVISOR_CHILD, _R.CHILD, (("front_pid", U32),)),
-    Spec("CONNECTION", 2, _C.SUPERVISOR_CHILD, _R.SUPERVISOR, _CLIENT_FIELDS, fds=1),
-    Spec("STATE_DIR_READY", 4, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
+    Spec("SLOT_READY", 0x11, _C.SUPERVISOR_CHILD, _R.CHILD, (("front_pid", U32),)),
+    Spec("CONNECTION", 0x10, _C.SUPERVISOR_CHILD, _R.SUPERVISOR, _CLIENT_FIELDS, fds=1),
+    Spec("STATE_DIR_READY", 0x12, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
          (("uid", U32),)),
     # Instead of STATE_DIR_READY: the maildrop is held by another session
     # (sessions.py); the child answers the front with this RFC 3206 code.
-    Spec("SESSION_REFUSED", 7, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
+    Spec("SESSION_REFUSED", 0x14, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
          (("code", STR(16)),)),
     # A granted child has logged how its slot ended and is exiting; a
     # granted child that exits without it was killed (or crashed), and the
     # supervisor logs the session's end for it.
-    Spec("CHILD_DONE", 3, _C.SUPERVISOR_CHILD, _R.CHILD, ()),
+    Spec("CHILD_DONE", 0x13, _C.SUPERVISOR_CHILD, _R.CHILD, ()),
     # supervisor <-> spawner: fork a slot whose child gets these channel
     # ends (supervisor, front-broker, child-broker); the answer carries the
     # child's pidfd.
-    Spec("SPAWN", 26, _C.SUPERVISOR_SPAWNER, _R.SUPERVISOR, (("slot", U32),), fds=3),
-    Spec("SPAWNED", 27, _C.SUPERVISOR_SPAWNER, _R.SPAWNER,
+    Spec("SPAWN", 0x20, _C.SUPERVISOR_SPAWNER, _R.SUPERVISOR, (("slot", U32),), fds=3),
+    Spec("SPAWNED", 0x21, _C.SUPERVISOR_SPAWNER, _R.SPAWNER,
          (("slot", U32), ("pid", U32)), fds=1),
     # supervisor <-> broker: channel registration, grants for the state dir
-    Spec("CHANNELS_NEW", 6, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
+    Spec("CHANNELS_NEW", 0x30, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
          (("slot", U32),), fds=2),
-    Spec("CHANNEL_BIND", 8, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
+    Spec("CHANNEL_BIND", 0x32, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
          (("slot", U32), ("peer_ip", STR(64)))),
-    Spec("BROKER_READY", 5, _C.SUPERVISOR_BROKER, _R.BROKER, ()),
+    Spec("BROKER_READY", 0x31, _C.SUPERVISOR_BROKER, _R.BROKER, ()),
     # a granted session's child is gone: limits.login_delay counts from now
-    Spec("SESSION_ENDED", 14, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
+    Spec("SESSION_ENDED", 0x34, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
          (("login", STR(limits.MAX_LOGIN)),)),
-    Spec("GRANTED", 9, _C.SUPERVISOR_BROKER, _R.BROKER,
+    Spec("GRANTED", 0x33, _C.SUPERVISOR_BROKER, _R.BROKER,
          (("slot", U32), ("uid", U32), ("gid", U32),
           ("login", STR(limits.MAX_LOGIN)), ("mbox", STR(1024)))),
     # front <-> broker: one request at a time, one answer each
-    Spec("AUTH_REQUEST", 10, _C.BROKER_FRONT, _R.FRONT,
+    Spec("AUTH_REQUEST", 0x41, _C.BROKER_FRONT, _R.FRONT,
          (("authzid", STR(limits.MAX_LOGIN)), ("authcid", STR(limits.MAX_LOGIN)),
           ("secret", BYTES(limits.MAX_SECRET)), ("method", STR(16)))),
-    Spec("AUTH_OK", 11, _C.BROKER_FRONT, _R.BROKER, ()),
+    Spec("AUTH_OK", 0x40, _C.BROKER_FRONT, _R.BROKER, ()),
     # After AUTH_OK: the client was told +OK.  Only then does the broker
     # count the login as a success (throttle.py's recent-success record).
-    Spec("LOGIN_DONE", 12, _C.BROKER_FRONT, _R.FRONT, ()),
+    Spec("LOGIN_DONE", 0x43, _C.BROKER_FRONT, _R.FRONT, ()),
     # final=1: the channel has spent its attempts and closes after this.
-    Spec("AUTH_FAIL", 13, _C.BROKER_FRONT, _R.BROKER,
+    Spec("AUTH_FAIL", 0x42, _C.BROKER_FRONT, _R.BROKER,
          (("code", STR(16)), ("final", U32))),
     # broker -> child: the one grant
-    Spec("GRANT", 15, _C.BROKER_CHILD, _R.BROKER,
+    Spec("GRANT", 0x50, _C.BROKER_CHILD, _R.BROKER,
          (("login", STR(limits.MAX_LOGIN)), ("uid", U32), ("gid", U32),
           ("mbox", STR(1024)))),
     # broker <-> its hashing workers: one verification at a time
-    Spec("VERIFY", 24, _C.BROKER_WORKER, _R.BROKER,
+    Spec("VERIFY", 0x60, _C.BROKER_WORKER, _R.BROKER,
          (("job", U32), ("stored", STR(1024)), ("secret", BYTES(limits.MAX_SECRET)))),
     # The pam backend: the worker asks PAM; ok 2 = right password, but
     # pam_acct_mgmt refused the account (expired, locked...).
-    Spec("VERIFY_PAM", 28, _C.BROKER_WORKER, _R.BROKER,
+    Spec("VERIFY_PAM", 0x62, _C.BROKER_WORKER, _R.BROKER,
          (("job", U32), ("login", STR(limits.MAX_LOGIN)),
           ("secret", BYTES(limits.MAX_SECRET)))),
-    Spec("VERIFIED", 25, _C.BROKER_WORKER, _R.WORKER, (("job", U32), ("ok", U32))),
+    Spec("VERIFIED", 0x61, _C.BROKER_WORKER, _R.WORKER, (("job", U32), ("ok", U32))),
     # child <-> front
     # The connection as the supervisor passed it, on to the front.
-    Spec("CLIENT", 17, _C.CHILD_FRONT, _R.CHILD, _CLIENT_FIELDS, fds=1),
-    Spec("MAILBOX_READY", 19, _C.CHILD_FRONT, _R.CHILD, ()),
-    Spec("MAILBOX_ERR", 21, _C.CHILD_FRONT, _R.CHILD,
+    Spec("CLIENT", 0x70, _C.CHILD_FRONT, _R.CHILD, _CLIENT_FIELDS, fds=1),
+    Spec("MAILBOX_READY", 0x72, _C.CHILD_FRONT, _R.CHILD, ()),
+    Spec("MAILBOX_ERR", 0x74, _C.CHILD_FRONT, _R.CHILD,
          (("code", STR(16)), ("text", STR(200)))),
     # tls: "none" or the protocol and cipher, for the session's log lines.
-    Spec("HANDOVER", 20, _C.CHILD_FRONT, _R.FRONT,
+    Spec("HANDOVER", 0x71, _C.CHILD_FRONT, _R.FRONT,
          (("leftover", BYTES(limits.MAX_FRAME - 200)), ("tls", STR(120))), fds=1),
-    Spec("LOG", 22, _C.CHILD_FRONT, _R.FRONT,
+    Spec("LOG", 0x73, _C.CHILD_FRONT, _R.FRONT,
          (("level", U32), ("text", STR(1000)))),
 ]
 BY_NAME = {m.name: m for m in MESSAGES}
 BY_CODE = {m.code: m for m in MESSAGES}
 assert len(BY_CODE) == len(MESSAGES)
+# The numbering rule: the high digit (hex) is the channel's number, and the
+# low digit is even for what the role named first in the channel sends
+# ("broker-front": the broker), odd for what the other role sends.  A
+# frame's type then says on its own where it may travel and which way.
+CHANNEL_NUMBERS = {Channel.SUPERVISOR_CHILD: 1, Channel.SUPERVISOR_SPAWNER: 2,
+                   Channel.SUPERVISOR_BROKER: 3, Channel.BROKER_FRONT: 4,
+                   Channel.BROKER_CHILD: 5, Channel.BROKER_WORKER: 6, Channel.CHILD_FRONT: 7}
+assert all(m.code >> 4 == CHANNEL_NUMBERS[m.channel]
+           and m.code & 1 == (m.sender.value != m.channel.value.split("-")[0])
+           for m in MESSAGES)
 
 
 def _max_fds(channel, receiver):
