@@ -39,7 +39,7 @@ SPAWN_BACKOFF_MAX = 10.0
 # admitting clients.
 SPAWN_BURST = 8
 # Missing spare slots are forked together, at most this long after the
-# first goes missing (supervisor.spawn_slots says why).
+# first goes missing (supervisor/loop.py, spawn_slots, says why).
 SPAWN_BATCH_DELAY = 0.05
 
 # Grace after the login deadline before the supervisor SIGKILLs a front that

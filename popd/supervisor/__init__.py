@@ -19,6 +19,7 @@ supervisor never reads a byte a client sent:
 
 Outside this package, root runs only the first steps of each process it
 forks, up to the drop: broker/broker.py (the broker), slot/child.py (a
-slot's child), slot/front.py (its front, which chroots) and the lock
-helper in mail/locking.py; each drop is unix/privileges.py's.
+slot's child) and slot/front.py (its front, which chroots); each drop is
+unix/privileges.py's.  The lock helper (slot/lock_helper.py) is forked by
+the child after its own drop and never runs as root.
 """
