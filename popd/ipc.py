@@ -11,9 +11,12 @@ peer, so it proves nothing.
 
 Every message is declared once in MESSAGES with the channel it travels on,
 the role that sends it, its fields and how many fds ride with it.  recv()
-checks all of that and decodes to the last byte; anything else raises
-Violation and the caller closes the channel.  Which messages are valid in
-which *state* is the receiver's business (broker.py, child.py, ...).
+checks all of that and decodes to the last byte, and refuses a second copy
+of a message declared `once` on the same channel end (OpenSSH's MON_ONCE:
+a slot is ready once, a child is granted once, a front hands over once);
+anything else raises Violation and the caller closes the channel.  Which
+messages are valid in which *state* is still the receiver's business
+(broker.py's channel states, child.py's slot states).
 
 One login, every frame in order (USER/PASS and AUTH PLAIN alike):
 
@@ -49,6 +52,7 @@ import array
 import enum
 import socket
 import struct
+import weakref
 from dataclasses import dataclass
 
 from popd import limits
@@ -107,6 +111,7 @@ class Spec:
     sender: Role
     fields: tuple
     fds: int = 0
+    once: bool = False    # at most once on a channel end, for its whole life
 
 
 _C, _R = Channel, Role
@@ -116,18 +121,18 @@ _CLIENT_FIELDS = (("peer_ip", STR(64)), ("peer_port", U32), ("listener", STR(80)
                   ("tls", STR(16)))
 MESSAGES = [
     # supervisor <-> child: slot life cycle
-    Spec("SLOT_READY", 0x11, _C.SUPERVISOR_CHILD, _R.CHILD, (("front_pid", U32),)),
-    Spec("CONNECTION", 0x10, _C.SUPERVISOR_CHILD, _R.SUPERVISOR, _CLIENT_FIELDS, fds=1),
+    Spec("SLOT_READY", 0x11, _C.SUPERVISOR_CHILD, _R.CHILD, (("front_pid", U32),), once=True),
+    Spec("CONNECTION", 0x10, _C.SUPERVISOR_CHILD, _R.SUPERVISOR, _CLIENT_FIELDS, fds=1, once=True),
     Spec("STATE_DIR_READY", 0x12, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
-         (("uid", U32),)),
+         (("uid", U32),), once=True),
     # Instead of STATE_DIR_READY: the maildrop is held by another session
     # (sessions.py); the child answers the front with this RFC 3206 code.
     Spec("SESSION_REFUSED", 0x14, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
-         (("code", STR(16)),)),
+         (("code", STR(16)),), once=True),
     # A granted child has logged how its slot ended and is exiting; a
     # granted child that exits without it was killed (or crashed), and the
     # supervisor logs the session's end for it.
-    Spec("CHILD_DONE", 0x13, _C.SUPERVISOR_CHILD, _R.CHILD, ()),
+    Spec("CHILD_DONE", 0x13, _C.SUPERVISOR_CHILD, _R.CHILD, (), once=True),
     # supervisor <-> spawner: fork a slot whose child gets these channel
     # ends (supervisor, front-broker, child-broker); the answer carries the
     # child's pidfd.
@@ -139,7 +144,7 @@ MESSAGES = [
          (("slot", U32),), fds=2),
     Spec("CHANNEL_BIND", 0x32, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
          (("slot", U32), ("peer_ip", STR(64)))),
-    Spec("BROKER_READY", 0x31, _C.SUPERVISOR_BROKER, _R.BROKER, ()),
+    Spec("BROKER_READY", 0x31, _C.SUPERVISOR_BROKER, _R.BROKER, (), once=True),
     # a granted session's child is gone: limits.login_delay counts from now
     Spec("SESSION_ENDED", 0x34, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
          (("login", STR(limits.MAX_LOGIN)),)),
@@ -150,17 +155,17 @@ MESSAGES = [
     Spec("AUTH_REQUEST", 0x41, _C.BROKER_FRONT, _R.FRONT,
          (("authzid", STR(limits.MAX_LOGIN)), ("authcid", STR(limits.MAX_LOGIN)),
           ("secret", BYTES(limits.MAX_SECRET)), ("method", STR(16)))),
-    Spec("AUTH_OK", 0x40, _C.BROKER_FRONT, _R.BROKER, ()),
+    Spec("AUTH_OK", 0x40, _C.BROKER_FRONT, _R.BROKER, (), once=True),
     # After AUTH_OK: the client was told +OK.  Only then does the broker
     # count the login as a success (throttle.py's recent-success record).
-    Spec("LOGIN_DONE", 0x43, _C.BROKER_FRONT, _R.FRONT, ()),
+    Spec("LOGIN_DONE", 0x43, _C.BROKER_FRONT, _R.FRONT, (), once=True),
     # final=1: the channel has spent its attempts and closes after this.
     Spec("AUTH_FAIL", 0x42, _C.BROKER_FRONT, _R.BROKER,
          (("code", STR(16)), ("final", U32))),
     # broker -> child: the one grant
     Spec("GRANT", 0x50, _C.BROKER_CHILD, _R.BROKER,
          (("login", STR(limits.MAX_LOGIN)), ("uid", U32), ("gid", U32),
-          ("mbox", STR(1024)))),
+          ("mbox", STR(1024))), once=True),
     # broker <-> its hashing workers: one verification at a time
     Spec("VERIFY", 0x60, _C.BROKER_WORKER, _R.BROKER,
          (("job", U32), ("stored", STR(1024)), ("secret", BYTES(limits.MAX_SECRET)))),
@@ -172,17 +177,19 @@ MESSAGES = [
     Spec("VERIFIED", 0x61, _C.BROKER_WORKER, _R.WORKER, (("job", U32), ("ok", U32))),
     # child <-> front
     # The connection as the supervisor passed it, on to the front.
-    Spec("CLIENT", 0x70, _C.CHILD_FRONT, _R.CHILD, _CLIENT_FIELDS, fds=1),
-    Spec("MAILBOX_READY", 0x72, _C.CHILD_FRONT, _R.CHILD, ()),
+    Spec("CLIENT", 0x70, _C.CHILD_FRONT, _R.CHILD, _CLIENT_FIELDS, fds=1, once=True),
+    Spec("MAILBOX_READY", 0x72, _C.CHILD_FRONT, _R.CHILD, (), once=True),
     Spec("MAILBOX_ERR", 0x74, _C.CHILD_FRONT, _R.CHILD,
-         (("code", STR(16)), ("text", STR(200)))),
+         (("code", STR(16)), ("text", STR(200))), once=True),
     # tls: "none" or the protocol and cipher, for the session's log lines.
     Spec("HANDOVER", 0x71, _C.CHILD_FRONT, _R.FRONT,
-         (("leftover", BYTES(limits.MAX_FRAME - 200)), ("tls", STR(120))), fds=1),
+         (("leftover", BYTES(limits.MAX_FRAME - 200)), ("tls", STR(120))), fds=1, once=True),
     Spec("LOG", 0x73, _C.CHILD_FRONT, _R.FRONT,
          (("level", U32), ("text", STR(1000)))),
 ]
 BY_NAME = {m.name: m for m in MESSAGES}
+# The `once` messages each channel end (a socket object) has received.
+_SEEN = weakref.WeakKeyDictionary()
 BY_CODE = {m.code: m for m in MESSAGES}
 assert len(BY_CODE) == len(MESSAGES)
 # The numbering rule: the high digit (hex) is the channel's number, and the
@@ -280,6 +287,13 @@ def recv(sock, channel, receiver):
             _close(fd)
         raise
     msg.fds = fds
+    if BY_NAME[msg.name].once:
+        seen = _SEEN.setdefault(sock, set())
+        if msg.name in seen:
+            for fd in fds:
+                _close(fd)
+            raise Violation(f"a second {msg.name}")
+        seen.add(msg.name)
     return msg
 
 

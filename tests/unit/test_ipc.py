@@ -99,3 +99,23 @@ def test_the_broker_answers_every_message_its_peers_may_send():
         sent[spec.channel, spec.sender].add(spec.name)
     assert set(Broker.SUPERVISOR_REQUESTS) == sent[Channel.SUPERVISOR_BROKER, Role.SUPERVISOR]
     assert set(Broker.FRONT_REQUESTS) == sent[Channel.BROKER_FRONT, Role.FRONT]
+
+
+def test_a_once_message_is_refused_the_second_time_on_that_channel_end():
+    a, b = ipc.socketpair()
+    other_a, other_b = ipc.socketpair()
+    try:
+        ipc.send(a, "SLOT_READY", front_pid=7)
+        ipc.send(a, "SLOT_READY", front_pid=8)
+        assert ipc.recv(b, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR).front_pid == 7
+        with pytest.raises(ipc.Violation, match="a second SLOT_READY"):
+            ipc.recv(b, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR)
+        # Another channel end keeps its own count; repeatable messages repeat.
+        ipc.send(other_a, "SLOT_READY", front_pid=9)
+        assert ipc.recv(other_b, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR).front_pid == 9
+        for _ in range(3):
+            ipc.send(a, "CHANNEL_BIND", slot=1, peer_ip="192.0.2.1")
+            assert ipc.recv(b, Channel.SUPERVISOR_BROKER, Role.BROKER).slot == 1
+    finally:
+        for s in (a, b, other_a, other_b):
+            s.close()
