@@ -110,7 +110,7 @@ def fcntl_lock(fd, exclusive, timeout):
             if e.errno not in _FCNTL_BUSY_ERRNOS:
                 raise
         delay = pause(deadline, delay,
-                       f"fcntl lock still held after {timeout:.1f} s")
+                      f"fcntl lock still held after {timeout:.1f} s")
 
 
 def fcntl_unlock(fd):
@@ -182,7 +182,7 @@ class DotLock:
             if result == UNAVAILABLE:
                 return False
             delay = pause(deadline, delay,
-                           f"{self.path} still held after {timeout:.1f} s")
+                          f"{self.path} still held after {timeout:.1f} s")
 
     def try_once(self):
         """One attempt (breaking a stale lock first): OK, BUSY or UNAVAILABLE."""

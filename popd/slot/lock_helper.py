@@ -117,7 +117,7 @@ class LockHelperClient:
                 raise LockHelperError(errno.EPROTO,
                                       f"lock helper answered {reply!r}")
             delay = pause(deadline, delay,
-                           f"{self.path} still held after {timeout:.1f} s")
+                          f"{self.path} still held after {timeout:.1f} s")
 
     def release(self):
         if not self._held:
