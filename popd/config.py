@@ -135,18 +135,23 @@ def optional(check):
 BACKENDS = ("passwd-file", "system", "pam")
 
 
-def backend_list(v):
-    """Account sources tried in order, each at most once."""
+def ordered_choices(v, allowed, what):
+    """A list (or one string) of distinct names from `allowed`, kept in order."""
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, list) or not v:
-        raise Problem(f"{v!r} is not a non-empty list; allowed: {', '.join(BACKENDS)}")
+        raise Problem(f"{v!r} is not a non-empty list; allowed: {', '.join(allowed)}")
     for item in v:
-        if item not in BACKENDS:
-            raise Problem(f"{item!r} is not a backend; allowed: {', '.join(BACKENDS)}")
+        if item not in allowed:
+            raise Problem(f"{item!r} is not a {what}; allowed: {', '.join(allowed)}")
     if len(set(v)) != len(v):
-        raise Problem(f"{v!r} names a backend twice")
+        raise Problem(f"{v!r} names a {what} twice")
     return tuple(v)
+
+
+def backend_list(v):
+    """Account sources tried in order, each at most once."""
+    return ordered_choices(v, BACKENDS, "backend")
 backend_list.doc = "list of passwd-file | system | pam, tried in order"
 
 
@@ -157,19 +162,10 @@ UIDL_SOURCES = ("x-uidl", "dovecot", "popd")
 def uidl_source_list(v):
     """Where UIDLs come from, tried in order per message; popd's own id
     is always the last resort, so nothing may follow it."""
-    if isinstance(v, str):
-        v = [v]
-    allowed = ", ".join(UIDL_SOURCES)
-    if not isinstance(v, list) or not v:
-        raise Problem(f"{v!r} is not a non-empty list; allowed: {allowed}")
-    for item in v:
-        if item not in UIDL_SOURCES:
-            raise Problem(f"{item!r} is not a UIDL source; allowed: {allowed}")
-    if len(set(v)) != len(v):
-        raise Problem(f"{v!r} names a source twice")
+    v = ordered_choices(v, UIDL_SOURCES, "UIDL source")
     if "popd" in v[:-1]:
-        raise Problem(f"{v!r}: nothing may follow popd, which gives every message an id")
-    return tuple(v) if v[-1] == "popd" else (*v, "popd")
+        raise Problem(f"{list(v)!r}: nothing may follow popd, which gives every message an id")
+    return v if v[-1] == "popd" else (*v, "popd")
 uidl_source_list.doc = "list of x-uidl | dovecot | popd, tried in order (popd last)"
 
 

@@ -27,7 +27,7 @@ import struct
 import zlib
 from array import array
 
-from popd.mail import mbox, uidl
+from popd.mail import mbox, state_files, uidl
 
 MAGIC = b"popdidx2"
 _HEADER = struct.Struct("<8sQQQQQ32s")    # magic dev ino size mtime_ns count digest
@@ -73,20 +73,11 @@ def save(path, fd, index, base_text):
     # Native byte order: the cache never leaves this machine.
     body = b"".join([header, *(c.tobytes() for c in index.columns()),
                      base_text.encode("ascii")])
-    tmp = path + ".tmp"
-    fd_out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
-    try:
-        with open(fd_out, "wb", closefd=False) as f:
-            f.write(body)
-            # Against torn or damaged files, not against the user (who owns
-            # this file and could forge anything: a forged index only
-            # misleads their own session, and deletion rescans anyway).
-            # A CRC is enough for that and costs a fifth of a hash.
-            f.write(_CHECK.pack(zlib.crc32(body)))
-    finally:
-        os.close(fd_out)
-    os.rename(tmp, path)
+    # Against torn or damaged files, not against the user (who owns this
+    # file and could forge anything: a forged index only misleads their own
+    # session, and deletion rescans anyway).  A CRC is enough for that and
+    # costs a fifth of a hash; and it makes an fsync unnecessary.
+    state_files.write(path, body + _CHECK.pack(zlib.crc32(body)), durable=False)
 
 
 def load(path, fd):

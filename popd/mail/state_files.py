@@ -3,8 +3,8 @@ writes.
 
 Runs in: the session child, as the mailbox owner.
 
-These files (UIDL suffixes, ids taken over from another server, first
-retrievals for EXPIRE) are owned by the user, so each reader parses them
+These files (the index cache, UIDL suffixes, ids taken over from another
+server, first retrievals for EXPIRE) are owned by the user, so each reader parses them
 strictly; this module only bounds what it reads and makes every write all
 or nothing (temporary file, fsync, rename in the same directory), so a
 crash leaves the old file or the new one, never half of one.
@@ -26,8 +26,10 @@ def read(path, limit):
     return None if len(data) > limit else data
 
 
-def write(path, data):
-    """Replace `path` with `data` atomically; empty data removes it."""
+def write(path, data, durable=True):
+    """Replace `path` with `data` atomically; empty data removes it.
+    durable=False skips the fsync, for a file that is only a cache: after
+    a crash it may be missing or torn, and its reader must notice."""
     if not data:
         try:
             os.unlink(path)
@@ -40,7 +42,8 @@ def write(path, data):
     try:
         with open(fd, "wb", closefd=False) as f:
             f.write(data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
