@@ -37,7 +37,7 @@ import re
 
 from popd.config import UIDL_SOURCES
 from popd.mail import state_files, uidl
-from popd.unix.logsetup import log
+from popd.unix.logsetup import log, sanitize
 
 FOREIGN = frozenset(UIDL_SOURCES) - {"popd"}
 MAGIC = "popd-foreign-ids 2"
@@ -122,7 +122,7 @@ class _Reader:
                 return None, None
             value = fields[b"x-uidl"]
             if not valid(value):
-                return None, f"X-UIDL {value!r} is not a valid id"
+                return None, f'X-UIDL "{sanitize(value or "", 80)}" is not a valid id'
             return value, None
         if b"x-uid" not in fields:
             return None, None
@@ -130,7 +130,7 @@ class _Reader:
         if self.uidvalidity is None:
             return None, "no X-IMAPbase UIDVALIDITY in the first message"
         if not (value and value.isdigit() and 0 < int(value) <= UID_MAX):
-            return None, f"X-UID {value!r} is not a number 1..{UID_MAX}"
+            return None, f'X-UID "{sanitize(value or "", 80)}" is not a number 1..{UID_MAX}'
         if int(value) <= self.last_uid:
             return None, f"X-UID {value} does not follow {self.last_uid}"
         self.last_uid = int(value)

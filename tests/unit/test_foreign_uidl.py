@@ -204,3 +204,13 @@ def test_any_map_file_loads_as_none_or_a_consistent_map(tmp_path_factory, data):
         assert len(text) == len(ids) * uidl.BASE_LEN
         given = [uid for uid in ids if uid is not None]
         assert len(set(given)) == len(given) and all(foreign_uidl.valid(uid) for uid in given)
+
+
+def test_a_refused_header_is_logged_bounded_and_sanitised(tmp_path, capfd):
+    huge = b"\x1b[31m" + b"x" * 60000
+    ids = Box(tmp_path, xuidl(1, huge) + message(2, b"X-UID: 9\x1b\n"), BOTH).session()
+    assert all(popd_shaped(uid) for uid in ids)
+    logged = capfd.readouterr().err
+    refusals = [line for line in logged.splitlines() if "keeps popd's id" in line]
+    assert len(refusals) == 2 and all(len(line) < 400 for line in refusals)
+    assert "\x1b" not in logged
