@@ -68,14 +68,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _id(text: str) -> int:
+def _id(text):
     if not text.isascii() or not text.isdigit() or int(text) > passwd.MAX_ID:
         raise argparse.ArgumentTypeError(
             f"must be a number from 0 to {passwd.MAX_ID}")
     return int(text)
 
 
-def _parser(name: str, description: str, epilog: str = "") -> _Parser:
+def _parser(name, description, epilog=""):
     p = _Parser(prog=f"{PROG} {name}".strip(), description=description,
                 epilog=epilog,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,8 +85,7 @@ def _parser(name: str, description: str, epilog: str = "") -> _Parser:
     return p
 
 
-def _add_hash_options(p: argparse.ArgumentParser, default: str | None,
-                      default_text: str) -> None:
+def _add_hash_options(p, default, default_text):
     p.add_argument("--scheme", type=str.upper, choices=passwd.WRITABLE,
                    default=default, metavar="SCHEME",
                    help=", ".join(passwd.WRITABLE[:-1]) + " or "
@@ -100,7 +99,7 @@ def _add_hash_options(p: argparse.ArgumentParser, default: str | None,
                    "of twice from the terminal")
 
 
-def _add_file_options(p: argparse.ArgumentParser, login: bool = True) -> None:
+def _add_file_options(p, login=True):
     p.add_argument("--file", required=True,
                    help="the passwd-file, e.g. /etc/popd/passwd")
     if login:
@@ -115,7 +114,7 @@ other forms (each has --help):
   {PROG} verify [--stdin] --file FILE LOGIN"""
 
 
-def _make_parser() -> argparse.ArgumentParser:
+def _make_parser():
     p = _parser("", "Print (or append) a passwd-file entry for a new user.",
                 _OTHER_FORMS)
     _add_hash_options(p, DEFAULT_SCHEME, f"default: {DEFAULT_SCHEME}")
@@ -132,7 +131,7 @@ def _make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _passwd_parser() -> argparse.ArgumentParser:
+def _passwd_parser():
     p = _parser("passwd", "Change the password of a user in a passwd-file;"
                 "\nevery other byte of the file stays as it is.")
     _add_hash_options(p, None, "default: the user's current scheme if "
@@ -141,14 +140,14 @@ def _passwd_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _delete_parser() -> argparse.ArgumentParser:
+def _delete_parser():
     p = _parser("delete", "Remove a user's line from a passwd-file; every "
                 "other byte\nof the file stays as it is.")
     _add_file_options(p)
     return p
 
 
-def _list_parser() -> argparse.ArgumentParser:
+def _list_parser():
     p = _parser("list", "Print one line per user of a passwd-file: login, "
                 "uid, gid and\nhash scheme, separated by spaces (never the "
                 "hash).")
@@ -156,7 +155,7 @@ def _list_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _verify_parser() -> argparse.ArgumentParser:
+def _verify_parser():
     p = _parser("verify", "Exit 0 if the password matches, 1 if not.")
     p.add_argument("--stdin", action="store_true",
                    help="read the password as one line from stdin instead "
@@ -165,7 +164,7 @@ def _verify_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_password(from_stdin: bool, confirm: bool) -> str:
+def _read_password(from_stdin, confirm):
     if from_stdin:
         line = sys.stdin.buffer.readline(MAX_SECRET + 2)
         # Only the newline goes: spaces may be part of a password.
@@ -190,11 +189,11 @@ def _read_password(from_stdin: bool, confirm: bool) -> str:
     return password
 
 
-def _symlink_error(path: str) -> UsageError:
+def _symlink_error(path):
     return UsageError(f"{path} is a symbolic link; give the real file")
 
 
-def _open_file(path: str, create: bool) -> int:
+def _open_file(path, create):
     flags = (os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
              # A FIFO or a device planted at the path must not hang us.
              | os.O_NONBLOCK)
@@ -214,7 +213,7 @@ def _open_file(path: str, create: bool) -> int:
         raise
 
 
-def _open_locked(path: str, create: bool) -> int:
+def _open_locked(path, create):
     """An fd of the regular file at `path`, holding its exclusive flock, and
     still the file at `path` once the lock is ours (see the module doc)."""
     for _ in range(LOCK_ATTEMPTS):
@@ -239,7 +238,7 @@ def _open_locked(path: str, create: bool) -> int:
     raise UsageError(f"{path} keeps being replaced; try again")
 
 
-def _read_locked(fd: int, path: str) -> bytes:
+def _read_locked(fd, path):
     with open(fd, "rb", closefd=False) as f:
         data = f.read(limits.PASSWD_FILE_MAX + 1)
     if len(data) > limits.PASSWD_FILE_MAX:
@@ -247,7 +246,7 @@ def _read_locked(fd: int, path: str) -> bytes:
     return data
 
 
-def _append(path: str, login: str, line: str) -> None:
+def _append(path, login, line):
     """Append `line` to `path` unless `login` is there, under the flock so
     two popd-passwd runs cannot add the same user."""
     fd = _open_locked(path, create=True)
@@ -269,7 +268,7 @@ def _append(path: str, login: str, line: str) -> None:
         os.close(fd)
 
 
-def _replace(path: str, old: os.stat_result, data: bytes) -> None:
+def _replace(path, old, data):
     """Put `data` at `path` atomically, owned and moded like `old` was."""
     directory = os.path.dirname(path) or "."
     try:
@@ -309,11 +308,11 @@ def _replace(path: str, old: os.stat_result, data: bytes) -> None:
         os.close(dfd)
 
 
-def _not_found(login: str, path: str) -> NotFound:
+def _not_found(login, path):
     return NotFound(f"{login} is not in {path}")
 
 
-def _change_entry(path: str, login: str, change) -> None:
+def _change_entry(path, login, change):
     """Rewrite `path` with the line of `login` replaced by change(line), or
     removed if that is None; every other byte stays as it was."""
     fd = _open_locked(path, create=False)
@@ -352,7 +351,7 @@ def _change_entry(path: str, login: str, change) -> None:
         os.close(fd)    # the lock goes only after the rename
 
 
-def _existing_entry(path: str, login: str) -> passwd.PasswdEntry:
+def _existing_entry(path, login):
     """The entry of `login`, checked before asking for a password (and
     again under the lock by _change_entry)."""
     if not passwd.valid_login(login):
@@ -365,7 +364,7 @@ def _existing_entry(path: str, login: str) -> passwd.PasswdEntry:
     return entry
 
 
-def _make(args: argparse.Namespace) -> int:
+def _make(args):
     if not passwd.valid_login(args.login):
         raise UsageError("invalid login name")
     if args.home and not args.home.startswith("/"):
@@ -386,7 +385,7 @@ def _make(args: argparse.Namespace) -> int:
     return 0
 
 
-def _passwd(args: argparse.Namespace) -> int:
+def _passwd(args):
     entry = _existing_entry(args.file, args.login)
     scheme = args.scheme
     if scheme is None:
@@ -399,7 +398,7 @@ def _passwd(args: argparse.Namespace) -> int:
     if ":" in stored or not stored.isprintable():
         raise RuntimeError("unexpected character in a new hash")
 
-    def change(line: bytes) -> bytes:
+    def change(line):
         # login:password:rest; rest (uid, gid, gecos, home, shell, extra
         # fields) stays byte for byte.
         login, _, tail = line.partition(b":")
@@ -410,13 +409,13 @@ def _passwd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delete(args: argparse.Namespace) -> int:
+def _delete(args):
     _existing_entry(args.file, args.login)
     _change_entry(args.file, args.login, lambda line: None)
     return 0
 
 
-def _list(args: argparse.Namespace) -> int:
+def _list(args):
     # Space-separated, no header: logins hold no spaces, so `read` and awk
     # split it; `column -t` aligns it.
     for entry in passwd.load_passwd_file(args.file).values():
@@ -426,7 +425,7 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace) -> int:
+def _verify(args):
     if not passwd.valid_login(args.login):
         raise UsageError("invalid login name")
     entries = passwd.load_passwd_file(args.file)
@@ -452,7 +451,7 @@ SUBCOMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv=None):
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         parser, run = SUBCOMMANDS.get(args[0] if args else "",

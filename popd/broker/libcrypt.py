@@ -76,7 +76,7 @@ _crypt_rn, _gensalt_rn = _load()
 _data = ctypes.create_string_buffer(_DATA_SIZE)
 
 
-def gensalt(prefix: bytes) -> bytes | None:
+def gensalt(prefix):
     """A fresh setting for `prefix` (e.g. b"$y$") at the library's default
     cost, salted from the kernel's random source; None if unsupported."""
     if _gensalt_rn is None:
@@ -85,7 +85,7 @@ def gensalt(prefix: bytes) -> bytes | None:
     return _gensalt_rn(prefix, 0, None, 0, out, len(out)) or None
 
 
-def crypt(phrase: bytes, setting: bytes) -> bytes | None:
+def crypt(phrase, setting):
     """crypt(3) of `phrase` under `setting` (a salt or a whole hash), or
     None for any failure."""
     # ctypes would end the strings at a NUL: "right\0junk" must not pass
@@ -102,7 +102,7 @@ def crypt(phrase: bytes, setting: bytes) -> bytes | None:
     return result
 
 
-def verify(phrase: bytes, stored: str) -> bool:
+def verify(phrase, stored):
     """True if `phrase` hashes to `stored` (a bare $5$/$6$ hash).
 
     The whole string is compared, as Dovecot does: a hash libpass parsed at

@@ -22,7 +22,7 @@ import re
 import secrets
 import stat
 from collections import Counter
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from passlib.context import CryptContext
 
@@ -113,7 +113,7 @@ _DECIMAL = re.compile(r"[0-9]{1,10}")
 _DES = re.compile(r"[./0-9A-Za-z]{13}")
 
 
-def valid_login(name: str) -> bool:
+def valid_login(name):
     """True for a login name popd accepts anywhere (file, client, CLI).
 
     Names become path components of the mailbox and the state directory,
@@ -124,7 +124,7 @@ def valid_login(name: str) -> bool:
                         for c in name))
 
 
-def backend(scheme: str) -> str:
+def backend(scheme):
     """What verifies `scheme` in this process: "libcrypt" or "libpass"."""
     return "libcrypt" if scheme in _LIBCRYPT else "libpass"
 
@@ -149,13 +149,13 @@ class PasswdEntry(NamedTuple):
 class PasswdError(Exception):
     """A passwd-file problem: one line naming the file and line, no hash."""
 
-    def __init__(self, path: str, lineno: int | None, problem: str):
+    def __init__(self, path, lineno, problem):
         self.path, self.lineno, self.problem = path, lineno, problem
         where = path if lineno is None else f"{path}, line {lineno}"
         super().__init__(f"{where}: {problem}")
 
 
-def _crypt_scheme(body: str) -> str:
+def _crypt_scheme(body):
     """Scheme of a crypt(3)-style hash ({CRYPT} or no prefix)."""
     for name, scheme in SCHEMES.items():
         if body.startswith(scheme.idents):
@@ -170,7 +170,7 @@ def _crypt_scheme(body: str) -> str:
     raise ValueError("unrecognised hash format")
 
 
-def _split(stored: str) -> tuple[str, str, str | None]:
+def _split(stored):
     """(scheme, body, encoding) of a stored password, weak schemes
     included; ValueError for what popd never verifies."""
     m = _PREFIX.match(stored)
@@ -198,11 +198,11 @@ def _split(stored: str) -> tuple[str, str, str | None]:
     return name, body, None
 
 
-def is_weak(scheme: str) -> bool:
+def is_weak(scheme):
     return scheme in weak_hashes.SCHEMES
 
 
-def scheme_of(stored: str, allow_weak: bool = False) -> str:
+def scheme_of(stored, allow_weak=False):
     """Canonical scheme name of a stored password, or ValueError (for a
     weak scheme too unless `allow_weak`)."""
     scheme = _split(stored)[0]
@@ -215,14 +215,14 @@ def scheme_of(stored: str, allow_weak: bool = False) -> str:
     return scheme
 
 
-def _verify_form(stored: str, scheme: str) -> str:
+def _verify_form(stored, scheme):
     """The string passlib verifies: no Dovecot prefix, except for SSHA512."""
     m = _PREFIX.match(stored)
     body = stored[m.end():] if m else stored
     return "{SSHA512}" + body if scheme == "SSHA512" else body
 
 
-def _settings_of(stored: str, scheme: str) -> dict:
+def _settings_of(stored, scheme):
     """The cost settings of a stored hash (so a dummy can cost the same)."""
     if is_weak(scheme):
         weak_hashes.check_form(scheme, *_split(stored)[1:])
@@ -244,7 +244,7 @@ def _settings_of(stored: str, scheme: str) -> dict:
     return {"rounds": parsed.rounds}
 
 
-def _hash(password: str | bytes, scheme: str, settings: dict) -> str:
+def _hash(password, scheme, settings):
     """Hash in passlib's form, through a CryptContext (never a handler method:
     libpass's lazy backend loader breaks bound handler methods); yescrypt
     through libcrypt, with a fresh salt and the given parameters."""
@@ -269,7 +269,7 @@ def _hash(password: str | bytes, scheme: str, settings: dict) -> str:
 _HONOURED = ("nologin", "reason", "allow_nets", "userdb_home", "userdb_mail")
 
 
-def _extra_fields(text: str, login: str) -> tuple[dict, list[str]]:
+def _extra_fields(text, login):
     """Dovecot's space-separated `key=value` (or bare `key`) fields: what
     popd honours, and the names it ignores."""
     fields, ignored = {}, []
@@ -283,7 +283,7 @@ def _extra_fields(text: str, login: str) -> tuple[dict, list[str]]:
     return fields, ignored
 
 
-def _allow_nets(value: str) -> tuple:
+def _allow_nets(value):
     try:
         return tuple(ipaddress.ip_network(n, strict=False) for n in value.split(",") if n)
     except ValueError:
@@ -291,7 +291,7 @@ def _allow_nets(value: str) -> tuple:
                          f"of addresses or networks") from None
 
 
-def _userdb_mail(value: str) -> str | None:
+def _userdb_mail(value):
     """The mbox file a Dovecot mail location names (INBOX=), or None when it
     names none (the template applies); ValueError for another format."""
     kind, _, rest = value.partition(":")
@@ -304,15 +304,14 @@ def _userdb_mail(value: str) -> str | None:
     return None
 
 
-def read_entries(data: bytes, path: str, allow_weak: bool = False
-                 ) -> tuple[dict[str, PasswdEntry], list[PasswdError], list[str]]:
+def read_entries(data, path, allow_weak=False):
     """Parse the bytes of a Dovecot passwd-file; `path` names it in errors.
     Returns (entries, refused lines, notes): a bad line is refused alone,
     and an extra field popd ignores is one note with its line number."""
-    entries: dict[str, PasswdEntry] = {}
-    first_seen: dict[str, int] = {}
-    refused: list[PasswdError] = []
-    notes: list[str] = []
+    entries = {}
+    first_seen = {}
+    refused = []
+    notes = []
     for lineno, raw in enumerate(data.split(b"\n"), 1):
         try:
             entry = _parse_line(raw, lineno, path, allow_weak, notes)
@@ -331,9 +330,8 @@ def read_entries(data: bytes, path: str, allow_weak: bool = False
     return entries, refused, notes
 
 
-def _parse_line(raw: bytes, lineno: int, path: str, allow_weak: bool,
-                notes: list[str]) -> PasswdEntry | None:
-    def fail(problem: str) -> PasswdError:
+def _parse_line(raw, lineno, path, allow_weak, notes):
+    def fail(problem):
         return PasswdError(path, lineno, problem)
 
     if len(raw) > MAX_LINE:
@@ -388,7 +386,7 @@ def _parse_line(raw: bytes, lineno: int, path: str, allow_weak: bool,
                        allow_nets, mail, is_weak(scheme))
 
 
-def parse_passwd(data: bytes, path: str) -> dict[str, PasswdEntry]:
+def parse_passwd(data, path):
     """Every line good or PasswdError for the first bad one: for tools that
     rewrite the file (popd-passwd), which must not drop a line.  Weak
     schemes are kept (entry.weak), so that they can be re-hashed."""
@@ -398,7 +396,7 @@ def parse_passwd(data: bytes, path: str) -> dict[str, PasswdEntry]:
     return entries
 
 
-def read_passwd_file(path: str) -> bytes:
+def read_passwd_file(path):
     """The bytes of a passwd-file; a file that cannot be used is a
     PasswdError (a FIFO, a directory, something huge)."""
     try:
@@ -418,7 +416,7 @@ def read_passwd_file(path: str) -> bytes:
     return data
 
 
-def load_passwd_file(path: str) -> dict[str, PasswdEntry]:
+def load_passwd_file(path):
     """Read and parse a passwd-file, every line good; every problem is a
     PasswdError."""
     return parse_passwd(read_passwd_file(path), path)
@@ -432,15 +430,14 @@ class Verifier:
     scheme; a file that mixes schemes leaks the scheme through timing).
     """
 
-    def __init__(self, default_scheme: str = "SHA512-CRYPT"):
+    def __init__(self, default_scheme="SHA512-CRYPT"):
         if default_scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {default_scheme!r}")
         self.default_scheme = default_scheme
         self._ctx = _CONTEXT
-        self._dummies: dict[str, str] = {}
+        self._dummies = {}
 
-    def warm_up(self, entries: Iterable[PasswdEntry] = (),
-                schemes: Iterable[str] = SCHEMES) -> None:
+    def warm_up(self, entries=(), schemes=SCHEMES):
         """Load the backends and make the dummy hashes of `schemes`.  The
         broker warms all of them before the privilege drop (a reloaded file
         may bring any scheme), and may call again after a reload.
@@ -449,8 +446,8 @@ class Verifier:
         `entries`: a 100000-round dummy next to 5000-round Dovecot hashes
         would tell a guesser which users exist.
         """
-        seen: dict[str, Counter] = {name: Counter() for name in schemes
-                                    if SCHEMES[name].handler or name in _LIBCRYPT}
+        seen = {name: Counter() for name in schemes
+                if SCHEMES[name].handler or name in _LIBCRYPT}
         for entry in entries:
             try:
                 scheme = scheme_of(entry.password, entry.weak)
@@ -471,12 +468,12 @@ class Verifier:
                 raise RuntimeError(f"{scheme} self-test failed")
             self._dummies[scheme] = dummy
 
-    def dummy_entry(self) -> PasswdEntry:
+    def dummy_entry(self):
         """An entry no password matches, hashed like the file's common
         scheme: what the broker's workers check an unknown user against."""
         return PasswdEntry("", self._dummies[self.default_scheme], 0, 0, "")
 
-    def verify(self, entry: PasswdEntry | None, secret: bytes) -> bool:
+    def verify(self, entry, secret):
         """True if `secret` is the password of `entry`.  Never raises for a
         bad secret or hash: the caller logs a False."""
         scheme, stored = self.default_scheme, None
@@ -504,7 +501,7 @@ class Verifier:
             return False
         return self._check(scheme, secret, stored)
 
-    def _check(self, scheme: str, secret: bytes, stored: str) -> bool:
+    def _check(self, scheme, secret, stored):
         if scheme == "BLF-CRYPT":
             secret = secret[:BCRYPT_MAX_BYTES]
         try:
@@ -521,7 +518,7 @@ class Verifier:
             return False
 
 
-def make_hash(password: str, scheme: str, rounds: int | None = None) -> str:
+def make_hash(password, scheme, rounds=None):
     """A new stored password in Dovecot's form, `{SCHEME}hash`.
 
     `rounds` is the cost: sha-crypt rounds, bcrypt's log2 cost, or argon2's
@@ -548,8 +545,7 @@ def make_hash(password: str, scheme: str, rounds: int | None = None) -> str:
     return "{" + scheme + "}" + _hash(password, scheme, settings)
 
 
-def format_entry(login: str, stored: str, uid: int, gid: int,
-                 home: str = "") -> str:
+def format_entry(login, stored, uid, gid, home=""):
     """One passwd-file line (no newline) in Dovecot's layout."""
     if not valid_login(login):
         raise ValueError("invalid login name")

@@ -120,9 +120,6 @@ failure after the commit (an I/O error, or ENOSPC on a copy-on-write
 filesystem while overwriting the mbox) leaves the committed journal for the
 next open (``UpdateError`` with ``committed`` true).
 """
-
-from __future__ import annotations
-
 import hashlib
 import os
 import stat
@@ -169,8 +166,7 @@ PENDING_TEXT = "Mailbox update interrupted, it completes at the next login"
 class UpdateError(Exception):
     """The update could not be done; ``str(e)`` is the detail for the log."""
 
-    def __init__(self, detail: str, text: str = FAILED_TEXT,
-                 committed: bool = False) -> None:
+    def __init__(self, detail, text=FAILED_TEXT, committed=False):
         super().__init__(detail)
         self.code = "SYS/TEMP"
         self.text = PENDING_TEXT if committed else text
@@ -184,28 +180,28 @@ class _Changed(Exception):
 class RealIO:
     """Every operation of this module that changes a file or a directory."""
 
-    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+    def open(self, path, flags, mode=0o600):
         return os.open(path, flags, mode)
 
-    def close(self, fd: int) -> None:
+    def close(self, fd):
         os.close(fd)
 
-    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+    def pwrite(self, fd, data, offset):
         return os.pwrite(fd, data, offset)
 
-    def fsync(self, fd: int) -> None:
+    def fsync(self, fd):
         os.fsync(fd)
 
-    def ftruncate(self, fd: int, length: int) -> None:
+    def ftruncate(self, fd, length):
         os.ftruncate(fd, length)
 
-    def unlink(self, path: str) -> None:
+    def unlink(self, path):
         os.unlink(path)
 
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src, dst):
         os.rename(src, dst)
 
-    def fsync_dir(self, path: str) -> None:
+    def fsync_dir(self, path):
         dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dfd)
@@ -218,7 +214,7 @@ REAL_IO = RealIO()
 
 # ------------------------------------------------------------------ helpers
 
-def _pieces(fd: int, offset: int, length: int, chunk: int):
+def _pieces(fd, offset, length, chunk):
     """Yield ``[offset, offset+length)`` of ``fd`` in reads of ``chunk``."""
     end = offset + length
     while offset < end:
@@ -230,14 +226,14 @@ def _pieces(fd: int, offset: int, length: int, chunk: int):
         offset += n
 
 
-def _digest(fd: int, offset: int, length: int, chunk: int) -> bytes:
+def _digest(fd, offset, length, chunk):
     h = hashlib.sha256()
     for piece in _pieces(fd, offset, length, chunk):
         h.update(piece)
     return h.digest()
 
 
-def _pwrite_all(io, fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(io, fd, data, offset):
     view = memoryview(data)
     while view:
         n = io.pwrite(fd, view, offset)
@@ -247,18 +243,16 @@ def _pwrite_all(io, fd: int, data: bytes, offset: int) -> None:
         offset += n
 
 
-def _commit_record(header: bytes) -> bytes:
+def _commit_record(header):
     return _COMMIT.pack(COMMIT_MAGIC,
                         hashlib.sha256(COMMIT_MAGIC + header).digest())
 
 
-def _dirname(path: str) -> str:
+def _dirname(path):
     return os.path.dirname(path) or "."
 
 
-def _create_journal(io, path: str, dev: int, ino: int, target: int,
-                    size_before: int, sources, mbox_fd: int,
-                    chunk: int) -> None:
+def _create_journal(io, path, dev, ino, target, size_before, sources, mbox_fd, chunk):
     """Write, fsync and commit a journal at ``path``, which must not exist.
 
     ``sources`` are ``(fd, offset, length)`` ranges whose concatenation is
@@ -307,8 +301,7 @@ def _create_journal(io, path: str, dev: int, ino: int, target: int,
         raise
 
 
-def _copy_in(io, fd: int, jfd: int, target: int, length: int,
-             chunk: int) -> None:
+def _copy_in(io, fd, jfd, target, length, chunk):
     """Carry out a committed journal: data to T, fsync, truncate, fsync."""
     pos = 0
     for piece in _pieces(jfd, DATA_OFFSET, length, chunk):
@@ -321,13 +314,12 @@ def _copy_in(io, fd: int, jfd: int, target: int, length: int,
     io.fsync(fd)
 
 
-def _remove_journal(io, path: str) -> None:
+def _remove_journal(io, path):
     io.unlink(path)
     io.fsync_dir(_dirname(path))
 
 
-def _kept_ranges(index: mbox.MboxIndex, marked: list[int],
-                 size: int) -> list[tuple[int, int]]:
+def _kept_ranges(index, marked, size):
     """``(offset, length)`` of the bytes kept after the first deleted one."""
     ranges = []
     for i, n in enumerate(marked):
@@ -340,7 +332,7 @@ def _kept_ranges(index: mbox.MboxIndex, marked: list[int],
 
 # --------------------------------------------------------------------- API
 
-def verify_unchanged(fd: int, index: mbox.MboxIndex) -> bool:
+def verify_unchanged(fd, index):
     """True if ``[0, index.size)`` still scans to ``index`` (see module doc).
 
     Same message boundaries and octet counts is exactly what deleting by
@@ -357,9 +349,7 @@ def verify_unchanged(fd: int, index: mbox.MboxIndex) -> bool:
         return False
 
 
-def apply_deletions(fd: int, index: mbox.MboxIndex, deleted,
-                    journal_path: str, io=REAL_IO,
-                    chunk: int = COPY_CHUNK) -> tuple[int, int]:
+def apply_deletions(fd, index, deleted, journal_path, io=REAL_IO, chunk=COPY_CHUNK):
     """Remove the messages in ``deleted``; see the module docstring."""
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
@@ -404,8 +394,7 @@ def apply_deletions(fd: int, index: mbox.MboxIndex, deleted,
     return len(index) - len(marked), size - target - length
 
 
-def recover(fd: int | None, journal_path: str, io=REAL_IO,
-            chunk: int = COPY_CHUNK) -> str:
+def recover(fd, journal_path, io=REAL_IO, chunk=COPY_CHUNK):
     """Finish or drop an interrupted update; see the module docstring."""
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
@@ -424,7 +413,7 @@ def recover(fd: int | None, journal_path: str, io=REAL_IO,
                           f"{e}", committed=True) from None
 
 
-def _drop_leftover(io, path: str) -> None:
+def _drop_leftover(io, path):
     """Remove ``<journal>.new``: the rename that would have made it the
     journal never happened, so the journal it was to replace still rules."""
     try:
@@ -437,7 +426,7 @@ def _drop_leftover(io, path: str) -> None:
         io.unlink(path)
 
 
-def _set_aside(io, path: str, reason: str) -> str:
+def _set_aside(io, path, reason):
     now = time.time_ns()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9))
     aside = f"{path}.stale-{stamp}.{now % 10**9:09d}Z"
@@ -448,7 +437,7 @@ def _set_aside(io, path: str, reason: str) -> str:
     return "stale"
 
 
-def _recover_once(fd: int | None, path: str, io, chunk: int) -> str:
+def _recover_once(fd, path, io, chunk):
     try:
         jfd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
                       | os.O_CLOEXEC)
@@ -462,7 +451,7 @@ def _recover_once(fd: int | None, path: str, io, chunk: int) -> str:
         os.close(jfd)
 
 
-def _judge(fd: int | None, jfd: int, path: str, io, chunk: int) -> str:
+def _judge(fd, jfd, path, io, chunk):
     jst = os.fstat(jfd)
     if not stat.S_ISREG(jst.st_mode) or jst.st_uid != os.geteuid():
         return _set_aside(io, path, "not a regular file of ours")
