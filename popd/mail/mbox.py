@@ -105,14 +105,10 @@ Errors
     than the index or the given size promised: the file shrank under the
     lock, which only a non-cooperating writer can do.
 """
-
-from __future__ import annotations
-
 import bisect
 import os
 import re
 from array import array
-from collections.abc import Iterator
 
 __all__ = [
     "MboxChangedError",
@@ -181,7 +177,7 @@ class MboxIndex:
 
     __slots__ = ("size", "_offset", "_start", "_stop", "_octets")
 
-    def __init__(self, size: int = 0) -> None:
+    def __init__(self, size=0):
         self.size = size
         self._offset = array("q")
         self._start = array("q")
@@ -189,64 +185,63 @@ class MboxIndex:
         self._octets = array("q")
 
     @classmethod
-    def from_columns(cls, size: int, columns: tuple[array, ...]) -> MboxIndex:
+    def from_columns(cls, size, columns):
         """An index over the arrays of :meth:`columns` (not copied, not
         checked: the caller vouches for them)."""
         index = cls(size)
         index._offset, index._start, index._stop, index._octets = columns
         return index
 
-    def columns(self) -> tuple[array, array, array, array]:
+    def columns(self):
         """The (offset, start, stop, octets) arrays themselves."""
         return self._offset, self._start, self._stop, self._octets
 
-    def append(self, offset: int, start: int, length: int,
-               octets: int) -> None:
+    def append(self, offset, start, length, octets):
         """Add a message (used by :func:`scan`)."""
         self._offset.append(offset)
         self._start.append(start)
         self._stop.append(start + length)
         self._octets.append(octets)
 
-    def __len__(self) -> int:
+    def __len__(self):
         return len(self._offset)
 
-    def offset(self, n: int) -> int:
+    def offset(self, n):
         return self._offset[self._check(n)]
 
-    def start(self, n: int) -> int:
+    def start(self, n):
         return self._start[self._check(n)]
 
-    def stop(self, n: int) -> int:
+    def stop(self, n):
         return self._stop[self._check(n)]
 
-    def length(self, n: int) -> int:
+    def length(self, n):
         n = self._check(n)
         return self._stop[n] - self._start[n]
 
-    def octets(self, n: int) -> int:
+    def octets(self, n):
         return self._octets[self._check(n)]
 
-    def end(self, n: int) -> int:
+    def end(self, n):
         """End of message ``n``'s raw span: next ``From`` line or ``size``."""
         n = self._check(n)
         return self._offset[n + 1] if n + 1 < len(self._offset) else self.size
 
-    def total_octets(self) -> int:
+    def total_octets(self):
         return sum(self._octets)
 
-    def entry(self, n: int) -> tuple[int, int, int, int]:
+    def entry(self, n):
         """``(offset, start, length, octets)`` of message ``n``."""
         n = self._check(n)
         return (self._offset[n], self._start[n], self._stop[n] - self._start[n],
                 self._octets[n])
 
-    def _check(self, n: int) -> int:
+    def _check(self, n):
         if not 0 <= n < len(self._offset):
             raise IndexError(f"no message {n} (have {len(self._offset)})")
         return n
 
-    def __eq__(self, other: object) -> bool:
+    def __eq__(self, other):
         if not isinstance(other, MboxIndex):
             return NotImplemented
         return (self.size == other.size and self._offset == other._offset
@@ -256,18 +251,18 @@ class MboxIndex:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def __repr__(self) -> str:
+    def __repr__(self):
         return (f"MboxIndex(messages={len(self)}, size={self.size}, "
                 f"octets={self.total_octets()})")
 
 
-def octet_count(content: bytes) -> int:
+def octet_count(content):
     """Octets transmitted for ``content`` (no stuffing, no terminator)."""
     bare = content.count(b"\n") - content.count(b"\r\n")
     return len(content) + bare + (0 if content.endswith(b"\n") else 2)
 
 
-def _pread(fd: int, n: int, pos: int) -> bytes:
+def _pread(fd, n, pos):
     data = os.pread(fd, n, pos)
     if len(data) != n:
         # os.pread on a regular file only returns short at EOF.
@@ -276,14 +271,12 @@ def _pread(fd: int, n: int, pos: int) -> bytes:
     return data
 
 
-def _finish(index: MboxIndex, buf: bytes, base: int, e: int,
-            offset: int, start: int, lf: int, crlf: int) -> None:
+def _finish(index, buf, base, e, offset, start, lf, crlf):
     """Record the message whose raw content is ``[start, base + e)``."""
     index.append(offset, start, *_content(buf, base, e, start, lf, crlf))
 
 
-def _content(buf: bytes, base: int, e: int, start: int, lf: int,
-             crlf: int) -> tuple[int, int]:
+def _content(buf, base, e, start, lf, crlf):
     """(length, octets) of the message whose raw content is
     ``[start, base + e)``.
 
@@ -305,8 +298,7 @@ def _content(buf: bytes, base: int, e: int, start: int, lf: int,
     return length, length + bare + (0 if ends_lf else 2)
 
 
-def scan(fd: int, size: int | None = None,
-         chunk: int = SCAN_CHUNK, extend: MboxIndex | None = None) -> MboxIndex:
+def scan(fd, size=None, chunk=SCAN_CHUNK, extend=None):
     """Index the first ``size`` bytes (default: ``fstat`` size) of ``fd``.
 
     One pass of ``os.pread`` calls of ``chunk`` bytes (plus an 8-byte
@@ -335,6 +327,25 @@ def scan(fd: int, size: int | None = None,
     if size - begin < len(_FROM) or _pread(fd, len(_FROM), begin) != _FROM:
         raise MboxFormatError("mailbox does not start with a 'From ' line")
 
+    pieces = _index_messages(fd, index, begin, size, chunk)
+    if pieces:
+        _join_pieces(fd, index, pieces)
+    return index
+
+
+def _line_ends(buf, i, e):
+    """(LFs, CRLFs) in ``buf[i:e]``.  CRLFs are counted from ``i - 1``: one
+    may straddle the previous buffer.  The 2-byte count is slow, so it
+    runs only where a CR is present (memchr)."""
+    c = i - 1 if i else 0
+    crlf = buf.count(b"\r\n", c, e) if buf.find(b"\r", c, e) >= 0 else 0
+    return buf.count(b"\n", i, e), crlf
+
+
+def _index_messages(fd, index, begin, size, chunk):
+    """Append the messages of ``[begin, size)`` (which starts with a From
+    line) to ``index``; the numbers of those whose From line is not a
+    real one, for _join_pieces."""
     cur_off = begin      # offset of the current message's From line
     cur_start = -1       # its content start; -1 while its LF is unseen
     lf = crlf = 0        # LFs / CRLFs counted so far in its raw content
@@ -342,10 +353,9 @@ def scan(fd: int, size: int | None = None,
     buf = b""
     base = begin
     find = bytes.find
-    count = bytes.count
     boundary = _BOUNDARY.search
     real_from = _REAL_FROM.match
-    pieces = []          # messages whose From line is not a real one
+    pieces = []
     while pos < size:
         base = pos - _OVERLAP if pos - _OVERLAP > begin else begin
         f0 = pos - base
@@ -366,21 +376,13 @@ def scan(fd: int, size: int | None = None,
             # A match cut by the buffer's end is not found here: the next
             # buffer's overlap has it.
             m = boundary(buf, s if s > lo else lo)
-            k = m.start() if m else -1
-            # Count from i-1: a CRLF may straddle the previous buffer.  The
-            # 2-byte count is slow, so only where a CR is present (memchr).
-            if k < 0:
-                lf += count(buf, b"\n", i)
-                c = i - 1 if i else 0
-                if find(buf, b"\r", c) >= 0:
-                    crlf += count(buf, b"\r\n", c)
-                break
-            e = k + 1                   # raw content ends after the LF
+            e = m.start() + 1 if m else len(buf)    # raw content ends after the LF
             if e > i:
-                lf += count(buf, b"\n", i, e)
-                c = i - 1 if i else 0
-                if find(buf, b"\r", c, e) >= 0:
-                    crlf += count(buf, b"\r\n", c, e)
+                n_lf, n_crlf = _line_ends(buf, i, e)
+                lf += n_lf
+                crlf += n_crlf
+            if m is None:
+                break
             _finish(index, buf, base, e, cur_off, cur_start, lf, crlf)
             cur_off = base + e
             if real_from(buf, e) is None:
@@ -388,7 +390,7 @@ def scan(fd: int, size: int | None = None,
                 # costs _join_pieces a read, nothing else.
                 pieces.append(len(index))
             lf = crlf = 0
-            j = find(buf, b"\n", k + 6)
+            j = find(buf, b"\n", e + 5)
             if j < 0:
                 cur_start = -1
                 break
@@ -398,12 +400,10 @@ def scan(fd: int, size: int | None = None,
         index.append(cur_off, size, 0, 2)
     else:
         _finish(index, buf, base, len(buf), cur_off, cur_start, lf, crlf)
-    if pieces:
-        _join_pieces(fd, index, pieces)
-    return index
+    return pieces
 
 
-def _join_pieces(fd: int, index: MboxIndex, pieces: list[int]) -> None:
+def _join_pieces(fd, index, pieces):
     """Join pieces of Dovecot-written messages back (module docstring,
     "Content-Length").  ``pieces``: ascending numbers of the messages
     whose From line the scan could not confirm as real."""
@@ -427,7 +427,7 @@ def _join_pieces(fd: int, index: MboxIndex, pieces: list[int]) -> None:
         _rebuild(fd, index, joins)
 
 
-def _content_length_end(fd: int, index: MboxIndex, r: int) -> int:
+def _content_length_end(fd, index, r):
     """The number of the message that message r's Content-Length says
     follows it (len(index) for the end of the scanned bytes), or -1."""
     offsets, starts, _, _ = index.columns()
@@ -456,7 +456,7 @@ def _content_length_end(fd: int, index: MboxIndex, r: int) -> int:
     return -1
 
 
-def _rebuild(fd: int, index: MboxIndex, joins: list[tuple[int, int]]) -> None:
+def _rebuild(fd, index, joins):
     """Replace each run first..past-1 of rows by one message spanning them."""
     offsets, starts, stops, octets = index.columns()
     first = joins[0][0]
@@ -475,7 +475,7 @@ def _rebuild(fd: int, index: MboxIndex, joins: list[tuple[int, int]]) -> None:
         index.append(*row)
 
 
-def _span_content(fd: int, start: int, end: int) -> tuple[int, int]:
+def _span_content(fd, start, end):
     """(length, octets) of the message whose raw content is [start, end)."""
     lf = crlf = 0
     pos, prev = start, b""
@@ -490,7 +490,7 @@ def _span_content(fd: int, start: int, end: int) -> tuple[int, int]:
     return _content(tail, end - len(tail), len(tail), start, lf, crlf)
 
 
-def _transmit(fd: int, start: int, end: int, chunk: int) -> Iterator[bytes]:
+def _transmit(fd, start, end, chunk):
     """Yield raw bytes ``[start, end)`` of ``fd`` converted for POP3."""
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
@@ -524,8 +524,7 @@ def _transmit(fd: int, start: int, end: int, chunk: int) -> Iterator[bytes]:
         yield b"\r\n"
 
 
-def iter_message(fd: int, index: MboxIndex, n: int,
-                 chunk: int = SEND_CHUNK) -> Iterator[bytes]:
+def iter_message(fd, index, n, chunk=SEND_CHUNK):
     """Yield message ``n`` (0-based) as transmitted, in pieces.
 
     Each piece comes from one read of at most ``chunk`` bytes and is at most
@@ -535,7 +534,7 @@ def iter_message(fd: int, index: MboxIndex, n: int,
     return _transmit(fd, index.start(n), index.stop(n), chunk)
 
 
-def _body_start(fd: int, start: int, end: int, chunk: int) -> int:
+def _body_start(fd, start, end, chunk):
     """File offset just after the header/body blank line, or -1."""
     if end == start:
         return -1
@@ -558,7 +557,7 @@ def _body_start(fd: int, start: int, end: int, chunk: int) -> int:
     return -1
 
 
-def _top_end(fd: int, start: int, end: int, lines: int, chunk: int) -> int:
+def _top_end(fd, start, end, lines, chunk):
     body = _body_start(fd, start, end, chunk)
     if body < 0:
         return end                       # no blank line: all headers
@@ -578,8 +577,7 @@ def _top_end(fd: int, start: int, end: int, lines: int, chunk: int) -> int:
     return end if left > 0 else pos
 
 
-def iter_top(fd: int, index: MboxIndex, n: int, lines: int,
-             chunk: int = SEND_CHUNK) -> Iterator[bytes]:
+def iter_top(fd, index, n, lines, chunk=SEND_CHUNK):
     """Yield the headers, the blank line and ``lines`` body lines of ``n``.
 
     Same transformation and bounds as :func:`iter_message`; no terminator.
