@@ -16,16 +16,23 @@ OCTETS = [len(b"From: a@example.org\r\nSubject: one\r\n\r\nHello\r\n.dot line\r\
           len(b"From: b@example.org\r\nSubject: two\r\n\r\n>From quoted\r\nbye\r\n")]
 
 
+class SourcePOP3(poplib.POP3):
+    """poplib from a chosen source address (127.0.0.2 is loopback too),
+    through the socket hook its own POP3_SSL overrides."""
+
+    def __init__(self, host, port, source):
+        self.source = source
+        super().__init__(host, port, timeout=10)
+
+    def _create_socket(self, timeout):
+        return socket.create_connection((self.host, self.port), timeout,
+                                        source_address=(self.source, 0))
+
+
 def login(d, user="alice", source=None):
     password = USERS[user][0]
     if source:
-        sock = socket.create_connection((d.host, d.port), timeout=10,
-                                        source_address=(source, 0))
-        client = poplib.POP3.__new__(poplib.POP3)
-        client.host, client.port, client._tls_established = d.host, d.port, False
-        client.sock, client.file = sock, sock.makefile("rb")
-        client._debugging = 0
-        client.welcome = client._getresp()
+        client = SourcePOP3(d.host, d.port, source)
     else:
         client = poplib.POP3(d.host, d.port, timeout=10)
     client.user(user)

@@ -26,6 +26,7 @@ import yaml
 from popd import config
 from popd.broker import passwd
 from tests import replies
+from tests.clients import SourcePOP3
 from tests.daemon import HASH_ROUNDS, REPO, USERS, Daemon, status
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
@@ -516,18 +517,6 @@ def test_init_script_acts_by_pid_file_only(tmp_path):
 
 
 # -- fail2ban ------------------------------------------------------------------
-
-class SourcePOP3(poplib.POP3):
-    """poplib from a chosen source address (127.0.0.2 is loopback too)."""
-
-    def __init__(self, host, port, source):
-        self.source = source
-        super().__init__(host, port, timeout=10)
-
-    def _create_socket(self, timeout):
-        return socket.create_connection((self.host, self.port), timeout,
-                                        source_address=(self.source, 0))
-
 
 def fail2ban_ips(logfile, extra=()):
     result = subprocess.run(["fail2ban-regex", *extra, "-o", "ip", str(logfile), str(FILTER)],
