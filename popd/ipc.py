@@ -10,13 +10,16 @@ peer, so it proves nothing.
     field = length u16 | bytes                                 (checked first)
 
 Every message is declared once in MESSAGES with the channel it travels on,
-the role that sends it, its fields and how many fds ride with it.  recv()
-checks all of that and decodes to the last byte, and refuses a second copy
-of a message declared `once` on the same channel end (OpenSSH's MON_ONCE:
-a slot is ready once, a child is granted once, a front hands over once);
-anything else raises Violation and the caller closes the channel.  Which
-messages are valid in which *state* is still the receiver's business
-(broker.py's channel states, child.py's slot states).
+the role that sends it, its fields, how many fds ride with it and the
+receiver's states in which it is accepted.  recv() checks all of that
+against the receiver's current state, decodes to the last byte, and
+refuses a second copy of a message declared `once` on the same channel end
+(OpenSSH's MON_ONCE: a slot is ready once, a child is granted once, a front
+hands over once); anything else raises Violation and the caller closes the
+channel.  A receiver's states are the values of its state enum (the
+child's ChildState, the broker's ChannelState per slot, the supervisor's
+SlotState and LinkState, the front's FrontState); tests/unit/test_ipc.py
+checks that every state named here exists there.
 
 One login, every frame in order (USER/PASS and AUTH PLAIN alike):
 
@@ -111,7 +114,14 @@ class Spec:
     sender: Role
     fields: tuple
     fds: int = 0
+    # The receiver's states (its state enum's values) in which the message
+    # is accepted; ANY where the receiver keeps no state for the channel
+    # (a worker, the spawner, the broker's end towards the supervisor).
+    states: tuple | None = None
     once: bool = False    # at most once on a channel end, for its whole life
+
+
+ANY = None
 
 
 _C, _R = Channel, Role
@@ -120,72 +130,89 @@ _C, _R = Channel, Role
 _CLIENT_FIELDS = (("peer_ip", STR(64)), ("peer_port", U32), ("listener", STR(80)),
                   ("tls", STR(16)))
 MESSAGES = [
-    # supervisor <-> child: slot life cycle
-    Spec("SLOT_READY", 0x11, _C.SUPERVISOR_CHILD, _R.CHILD, (("front_pid", U32),), once=True),
-    Spec("CONNECTION", 0x10, _C.SUPERVISOR_CHILD, _R.SUPERVISOR, _CLIENT_FIELDS, fds=1, once=True),
+    # supervisor <-> child: slot life cycle.  The supervisor's states are
+    # the slot's (SlotState), the child's its own (ChildState).
+    Spec("SLOT_READY", 0x11, _C.SUPERVISOR_CHILD, _R.CHILD, (("front_pid", U32),),
+         states=("starting",), once=True),
+    Spec("CONNECTION", 0x10, _C.SUPERVISOR_CHILD, _R.SUPERVISOR, _CLIENT_FIELDS, fds=1,
+         states=("idle",), once=True),
     Spec("STATE_DIR_READY", 0x12, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
-         (("uid", U32),), once=True),
+         (("uid", U32),), states=("granted",), once=True),
     # Instead of STATE_DIR_READY: the maildrop is held by another session
     # (sessions.py); the child answers the front with this RFC 3206 code.
     Spec("SESSION_REFUSED", 0x14, _C.SUPERVISOR_CHILD, _R.SUPERVISOR,
-         (("code", STR(16)),), once=True),
+         (("code", STR(16)),), states=("granted",), once=True),
     # A granted child has logged how its slot ended and is exiting; a
     # granted child that exits without it was killed (or crashed), and the
-    # supervisor logs the session's end for it.
-    Spec("CHILD_DONE", 0x13, _C.SUPERVISOR_CHILD, _R.CHILD, (), once=True),
+    # supervisor logs the session's end for it.  It may come before the
+    # broker's GRANTED is read: the slot is busy either way.
+    Spec("CHILD_DONE", 0x13, _C.SUPERVISOR_CHILD, _R.CHILD, (), states=("busy",),
+         once=True),
     # supervisor <-> spawner: fork a slot whose child gets these channel
     # ends (supervisor, front-broker, child-broker); the answer carries the
     # child's pidfd.
-    Spec("SPAWN", 0x20, _C.SUPERVISOR_SPAWNER, _R.SUPERVISOR, (("slot", U32),), fds=3),
+    Spec("SPAWN", 0x20, _C.SUPERVISOR_SPAWNER, _R.SUPERVISOR, (("slot", U32),), fds=3,
+         states=ANY),
     Spec("SPAWNED", 0x21, _C.SUPERVISOR_SPAWNER, _R.SPAWNER,
-         (("slot", U32), ("pid", U32)), fds=1),
-    # supervisor <-> broker: channel registration, grants for the state dir
+         (("slot", U32), ("pid", U32)), fds=1, states=ANY),
+    # supervisor <-> broker: channel registration, grants for the state dir.
+    # The supervisor's states are the broker link's (LinkState); a slot's
+    # own state is the handler's to check.
     Spec("CHANNELS_NEW", 0x30, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
-         (("slot", U32),), fds=2),
+         (("slot", U32),), fds=2, states=ANY),
     Spec("CHANNEL_BIND", 0x32, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
-         (("slot", U32), ("peer_ip", STR(64)))),
-    Spec("BROKER_READY", 0x31, _C.SUPERVISOR_BROKER, _R.BROKER, (), once=True),
+         (("slot", U32), ("peer_ip", STR(64))), states=ANY),
+    Spec("BROKER_READY", 0x31, _C.SUPERVISOR_BROKER, _R.BROKER, (),
+         states=("starting",), once=True),
     # a granted session's child is gone: limits.login_delay counts from now
     Spec("SESSION_ENDED", 0x34, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
-         (("login", STR(limits.MAX_LOGIN)),)),
+         (("login", STR(limits.MAX_LOGIN)),), states=ANY),
     Spec("GRANTED", 0x33, _C.SUPERVISOR_BROKER, _R.BROKER,
          (("slot", U32), ("uid", U32), ("gid", U32),
-          ("login", STR(limits.MAX_LOGIN)), ("mbox", STR(1024)))),
-    # front <-> broker: one request at a time, one answer each
+          ("login", STR(limits.MAX_LOGIN)), ("mbox", STR(1024))), states=("ready",)),
+    # front <-> broker: one request at a time, one answer each.  The
+    # broker's states are its slot channel's (ChannelState).
     Spec("AUTH_REQUEST", 0x41, _C.BROKER_FRONT, _R.FRONT,
          (("authzid", STR(limits.MAX_LOGIN)), ("authcid", STR(limits.MAX_LOGIN)),
-          ("secret", BYTES(limits.MAX_SECRET)), ("method", STR(16)))),
-    Spec("AUTH_OK", 0x40, _C.BROKER_FRONT, _R.BROKER, (), once=True),
+          ("secret", BYTES(limits.MAX_SECRET)), ("method", STR(16))), states=("bound",)),
+    Spec("AUTH_OK", 0x40, _C.BROKER_FRONT, _R.BROKER, (), states=("authenticating",),
+         once=True),
     # After AUTH_OK: the client was told +OK.  Only then does the broker
     # count the login as a success (throttle.py's recent-success record).
-    Spec("LOGIN_DONE", 0x43, _C.BROKER_FRONT, _R.FRONT, (), once=True),
+    Spec("LOGIN_DONE", 0x43, _C.BROKER_FRONT, _R.FRONT, (), states=("granted",),
+         once=True),
     # final=1: the channel has spent its attempts and closes after this.
     Spec("AUTH_FAIL", 0x42, _C.BROKER_FRONT, _R.BROKER,
-         (("code", STR(16)), ("final", U32))),
+         (("code", STR(16)), ("final", U32)), states=("authenticating",)),
     # broker -> child: the one grant
     Spec("GRANT", 0x50, _C.BROKER_CHILD, _R.BROKER,
          (("login", STR(limits.MAX_LOGIN)), ("uid", U32), ("gid", U32),
-          ("mbox", STR(1024))), once=True),
+          ("mbox", STR(1024))), states=("busy",), once=True),
     # broker <-> its hashing workers: one verification at a time
     Spec("VERIFY", 0x60, _C.BROKER_WORKER, _R.BROKER,
-         (("job", U32), ("stored", STR(1024)), ("secret", BYTES(limits.MAX_SECRET)))),
+         (("job", U32), ("stored", STR(1024)), ("secret", BYTES(limits.MAX_SECRET))),
+         states=ANY),
     # The pam backend: the worker asks PAM; ok 2 = right password, but
     # pam_acct_mgmt refused the account (expired, locked...).
     Spec("VERIFY_PAM", 0x62, _C.BROKER_WORKER, _R.BROKER,
          (("job", U32), ("login", STR(limits.MAX_LOGIN)),
-          ("secret", BYTES(limits.MAX_SECRET)))),
-    Spec("VERIFIED", 0x61, _C.BROKER_WORKER, _R.WORKER, (("job", U32), ("ok", U32))),
+          ("secret", BYTES(limits.MAX_SECRET))), states=ANY),
+    Spec("VERIFIED", 0x61, _C.BROKER_WORKER, _R.WORKER, (("job", U32), ("ok", U32)),
+         states=ANY),
     # child <-> front
     # The connection as the supervisor passed it, on to the front.
-    Spec("CLIENT", 0x70, _C.CHILD_FRONT, _R.CHILD, _CLIENT_FIELDS, fds=1, once=True),
-    Spec("MAILBOX_READY", 0x72, _C.CHILD_FRONT, _R.CHILD, (), once=True),
+    Spec("CLIENT", 0x70, _C.CHILD_FRONT, _R.CHILD, _CLIENT_FIELDS, fds=1,
+         states=("idle",), once=True),
+    Spec("MAILBOX_READY", 0x72, _C.CHILD_FRONT, _R.CHILD, (), states=("opening",),
+         once=True),
     Spec("MAILBOX_ERR", 0x74, _C.CHILD_FRONT, _R.CHILD,
-         (("code", STR(16)), ("text", STR(200))), once=True),
+         (("code", STR(16)), ("text", STR(200))), states=("opening",), once=True),
     # tls: "none" or the protocol and cipher, for the session's log lines.
     Spec("HANDOVER", 0x71, _C.CHILD_FRONT, _R.FRONT,
-         (("leftover", BYTES(limits.MAX_FRAME - 200)), ("tls", STR(120))), fds=1, once=True),
+         (("leftover", BYTES(limits.MAX_FRAME - 200)), ("tls", STR(120))), fds=1,
+         states=("owner",), once=True),
     Spec("LOG", 0x73, _C.CHILD_FRONT, _R.FRONT,
-         (("level", U32), ("text", STR(1000)))),
+         (("level", U32), ("text", STR(1000))), states=("busy", "granted", "owner")),
 ]
 BY_NAME = {m.name: m for m in MESSAGES}
 # The `once` messages each channel end (a socket object) has received.
@@ -263,8 +290,9 @@ def send(sock, name, fds=(), **values):
     sock.sendmsg([frame], anc, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
 
 
-def recv(sock, channel, receiver):
-    """Read and validate one frame sent to `receiver` on `channel`."""
+def recv(sock, channel, receiver, state=None):
+    """Read and validate one frame sent to `receiver`, now in `state` (its
+    state enum member, or None where it keeps none), on `channel`."""
     nfds = _max_fds(channel, receiver)
     ancsize = socket.CMSG_SPACE(nfds * 4) if nfds else 0
     try:
@@ -280,14 +308,19 @@ def recv(sock, channel, receiver):
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             raise Violation("truncated frame or control data")
         msg = decode(data, channel, receiver)
-        if len(fds) != BY_NAME[msg.name].fds:
+        spec = BY_NAME[msg.name]
+        if len(fds) != spec.fds:
             raise Violation(f"{msg.name} with {len(fds)} fds")
+        if spec.states is not ANY:
+            assert state is not None, f"{msg.name}: the receiver must name its state"
+            if state.value not in spec.states:
+                raise Violation(f"{msg.name} in state {state.value}")
     except (Closed, Violation):
         for fd in fds:
             _close(fd)
         raise
     msg.fds = fds
-    if BY_NAME[msg.name].once:
+    if spec.once:
         seen = _SEEN.setdefault(sock, set())
         if msg.name in seen:
             for fd in fds:

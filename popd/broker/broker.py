@@ -355,22 +355,21 @@ class Broker:
     def read_front(self, chan):
         if chan.front is None:            # closed earlier in this loop turn
             return
+        if chan.state is ChannelState.UNBOUND:
+            # The front may have read its client's PASS before our
+            # supervisor channel delivered the CHANNEL_BIND naming it.
+            self.drain_supervisor()
         try:
-            msg = ipc.recv(chan.front, Channel.BROKER_FRONT, Role.BROKER)
+            msg = ipc.recv(chan.front, Channel.BROKER_FRONT, Role.BROKER, chan.state)
         except ipc.Closed:
             self.close_slot(chan, None)
             return
         except ipc.Violation as e:
             self.close_slot(chan, f"bad frame: {e}")
             return
-        if chan.state is ChannelState.UNBOUND:
-            self.drain_supervisor()
         self.FRONT_REQUESTS[msg.name](self, chan, msg)
 
     def answer_auth_request(self, chan, msg):
-        if chan.state is not ChannelState.BOUND:
-            self.close_slot(chan, f"{msg.name} in state {chan.state.value}")
-            return
         self.refresh_accounts()
         login = msg.authcid
         well_formed = passwd.valid_login(login) and msg.authzid in ("", login)
@@ -524,15 +523,12 @@ class Broker:
     def answer_login_done(self, chan, msg):
         """The front told its client +OK: now the login counts as this
         (user, address)'s recent success."""
-        if chan.state is not ChannelState.GRANTED:
-            self.close_slot(chan, f"LOGIN_DONE in state {chan.state.value}")
-            return
         chan.state = ChannelState.DONE
         self.throttle.succeeded(chan.login, chan.address)
 
-    # Every message a front may send, each accepted in one channel state
-    # only (AUTH_REQUEST: BOUND; LOGIN_DONE: GRANTED); in any other the
-    # channel is closed.
+    # Every message a front may send; ipc.MESSAGES declares the one channel
+    # state each is accepted in (AUTH_REQUEST: bound; LOGIN_DONE: granted),
+    # and recv() refuses it in any other: the channel is closed.
     FRONT_REQUESTS = {"AUTH_REQUEST": answer_auth_request,
                       "LOGIN_DONE": answer_login_done}
 

@@ -13,6 +13,7 @@ auth.plaintext allows them: over TLS, or everywhere with `always`.  Where
 they are not, CAPA does not offer them and they are refused with [AUTH]
 before anything reaches the broker.
 """
+import enum
 import select
 import time
 
@@ -40,11 +41,17 @@ ERR_SASL_LONG = "SASL response too long"
 OK_BEGIN_TLS = "Begin TLS negotiation"
 
 
+class FrontState(enum.Enum):
+    """Where the front is in a login, for what its channels may carry."""
+    IDLE = "idle"                       # no client yet: the child's CLIENT
+    AUTHENTICATING = "authenticating"   # a request is out: AUTH_OK or AUTH_FAIL
+    OPENING = "opening"                 # granted: MAILBOX_READY or MAILBOX_ERR
+
+
 class FrontSession(Session):
     state = State.AUTHORIZATION
 
-    def __init__(self, sock, cfg, broker, child, tls_mode="none",
-                 peer_ip="?", deadline=None):
+    def __init__(self, sock, cfg, broker, child, tls_mode="none", peer_ip="?", deadline=None):
         super().__init__(sock, cfg.limits.max_bad_commands)
         self.broker = broker
         self.child = child
@@ -213,7 +220,8 @@ class FrontSession(Session):
                          authcid=authcid, secret=secret, method=method)
             except OSError as e:
                 raise ipc.Closed(str(e)) from None
-            answer = self._wait(self.broker, Channel.BROKER_FRONT)
+            answer = self._wait(self.broker, Channel.BROKER_FRONT,
+                                FrontState.AUTHENTICATING)
         except ipc.Closed:
             # The broker closes a channel that spent its attempts.
             self.err(ERR_TOO_MANY_FAILURES, code="AUTH")
@@ -231,7 +239,7 @@ class FrontSession(Session):
         # it may wait up to MAILBOX_LOCK_WAIT for an MDA's lock.
         self.login_deadline += limits.MAILBOX_LOCK_WAIT
         try:
-            result = self._wait(self.child, Channel.CHILD_FRONT)
+            result = self._wait(self.child, Channel.CHILD_FRONT, FrontState.OPENING)
         except ipc.Closed:
             self.err(ERR_TEMP, code="SYS/TEMP")
             raise Closing("child ended before the mailbox was ready") from None
@@ -249,21 +257,18 @@ class FrontSession(Session):
             pass
         raise Closing("login")
 
-    def _wait(self, sock, channel):
+    def _wait(self, sock, channel, state):
+        """The one answer `state` expects on `channel`, by the deadline; a
+        frame outside that state ends the login like a closed channel."""
         remaining = self.login_deadline - time.monotonic()
         ready, _, _ = select.select([sock], [], [], max(0.0, remaining))
         if not ready:
             self.err(ERR_LOGIN_TIMEOUT)
             raise Closing("login timeout")
         try:
-            msg = ipc.recv(sock, channel, Role.FRONT)
+            return ipc.recv(sock, channel, Role.FRONT, state)
         except ipc.Violation:
             raise ipc.Closed("protocol violation") from None
-        expected = {"AUTH_OK", "AUTH_FAIL"} if sock is self.broker else {
-            "MAILBOX_READY", "MAILBOX_ERR"}
-        if msg.name not in expected:
-            raise ipc.Closed(f"unexpected {msg.name}")
-        return msg
 
     def close(self):
         """End a connection that did not log in (TLS: close_notify first)."""

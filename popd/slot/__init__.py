@@ -6,4 +6,9 @@
 - front.py  forked by the child as root; chroots, drops everything, and
             alone talks to the client before login (TLS, the
             AUTHORIZATION state), then pipes TLS for the child
+- tls_pipe.py  the front after a TLS login: plaintext to the child, one
+            fixed buffer per direction
+- lock_helper.py  forked by the child before it becomes the owner; the only
+            process with the spool's lock group, it creates and removes
+            <mbox>.lock and nothing else
 """

@@ -10,9 +10,9 @@ Life of a child (states asserted as it goes):
             permitted and bounding sets; report SLOT_READY.
   IDLE      wait for the supervisor's CONNECTION; pass the socket to the
             front without reading a byte of it.
-  BUSY      wait for the broker's GRANT and the supervisor's
-            STATE_DIR_READY (or SESSION_REFUSED: the maildrop is held by
-            another session); log what the front sends.
+  BUSY      wait for the broker's GRANT; log what the front sends.
+  GRANTED   wait for the supervisor's STATE_DIR_READY (or SESSION_REFUSED:
+            the maildrop is held by another session).
   OWNER     setgroups([]), setresgid/setresuid to the owner, capabilities
             cleared and checked; open the mailbox; tell the front.
   SESSION   take the socket (and any pipelined bytes) from the front and
@@ -40,10 +40,9 @@ class ChildState(enum.Enum):
     STARTING = "starting"
     IDLE = "idle"
     BUSY = "busy"
+    GRANTED = "granted"
     OWNER = "owner"
     SESSION = "session"
-
-
 
 
 class Child:
@@ -58,6 +57,7 @@ class Child:
         self.peer_ip = None
         self.front_log_budget = limits.MAX_FRONT_LOG_LINES
         self.lock_helper = None
+        self.grant = None
         self.granted = False
 
     def expect(self, *states):
@@ -85,9 +85,7 @@ class Child:
         ready, _, _ = select.select([self.sup, self.front], [], [])
         if self.front in ready:
             return False          # front died while idle: the slot is done
-        msg = ipc.recv(self.sup, Channel.SUPERVISOR_CHILD, Role.CHILD)
-        if msg.name != "CONNECTION":
-            raise ipc.Violation(f"{msg.name} while idle")
+        msg = ipc.recv(self.sup, Channel.SUPERVISOR_CHILD, Role.CHILD, self.state)
         fd = msg.fds[0]
         try:
             ipc.send(self.front, "CLIENT", fds=[fd], peer_ip=msg.peer_ip,
@@ -99,7 +97,7 @@ class Child:
         proctitle.set_title(proctitle.CHILD_BUSY, peer=msg.peer_ip)
         return True
 
-    # -- BUSY ----------------------------------------------------------------
+    # -- BUSY, GRANTED ---------------------------------------------------------
     def wait_for_grant(self):
         """Until both the grant and the state directory are there, or the
         front ends (failed login, QUIT, timeout): then None.  A maildrop
@@ -107,61 +105,67 @@ class Child:
         self.expect(ChildState.BUSY)
         deadline = (time.monotonic() + self.cfg.limits.login_deadline
                     + limits.FRONT_KILL_GRACE)
-        grant, state_uid = None, None
-        while grant is None or state_uid is None:
+        while True:
             remaining = deadline - time.monotonic()
             ready, _, _ = select.select([self.sup, self.broker, self.front],
                                         [], [], max(0.0, remaining))
             if not ready:
                 log.warning("child: no grant before the login deadline")
                 return None
-            if self.front in ready and not self.from_front(expect=()):
+            if self.front in ready and self.read_front() is None:
                 return None
+            # The broker queued GRANT here before it told the supervisor,
+            # so whenever the supervisor's answer is readable the grant is
+            # too, and reading the broker first keeps that order.
             if self.broker in ready:
-                msg = ipc.recv(self.broker, Channel.BROKER_CHILD, Role.CHILD)
-                if grant is not None:
-                    raise ipc.Violation("second GRANT")
-                grant = msg
-                self.granted = True
+                self.answer_grant(ipc.recv(self.broker, Channel.BROKER_CHILD, Role.CHILD,
+                                           self.state))
             if self.sup in ready:
-                msg = ipc.recv(self.sup, Channel.SUPERVISOR_CHILD, Role.CHILD)
-                if grant is not None and msg.name == "SESSION_REFUSED":
-                    ipc.send(self.front, "MAILBOX_ERR", code=msg.code,
-                             text="Mailbox is in use by another session")
-                    return None
-                if msg.name != "STATE_DIR_READY" or state_uid is not None:
-                    raise ipc.Violation(f"{msg.name} while waiting for a grant")
-                state_uid = msg.uid
-        if state_uid != grant.uid:
-            raise ipc.Violation("state directory for another uid")
+                msg = ipc.recv(self.sup, Channel.SUPERVISOR_CHILD, Role.CHILD, self.state)
+                if msg.name == "SESSION_REFUSED":
+                    return self.answer_session_refused(msg)
+                return self.answer_state_dir_ready(msg)
+
+    def answer_grant(self, msg):
         # The broker expanded the template with the account's home or its
         # own userdb_mail (mailpath.py); here only the form is checked, and
         # the file is opened only if the granted uid owns it.
-        if not mailpath.well_formed(grant.mbox):
+        if not mailpath.well_formed(msg.mbox):
             raise ipc.Violation("GRANT names a mailbox path that is not absolute "
                                 "and normalised")
-        return grant
+        self.grant = msg
+        self.granted = True
+        self.state = ChildState.GRANTED
 
-    def from_front(self, expect):
-        """Handle one frame from the front: LOG is logged, a frame named in
-        `expect` is returned; end of channel returns None."""
+    def answer_state_dir_ready(self, msg):
+        if msg.uid != self.grant.uid:
+            raise ipc.Violation("state directory for another uid")
+        return self.grant
+
+    def answer_session_refused(self, msg):
+        ipc.send(self.front, "MAILBOX_ERR", code=msg.code,
+                 text="Mailbox is in use by another session")
+        return None
+
+    def read_front(self):
+        """One frame from the front: LOG is logged here, and any frame is
+        returned; None when the channel ended or broke the vocabulary."""
         try:
-            msg = ipc.recv(self.front, Channel.CHILD_FRONT, Role.CHILD)
+            msg = ipc.recv(self.front, Channel.CHILD_FRONT, Role.CHILD, self.state)
         except ipc.Closed:
             return None
         except ipc.Violation as e:
             log.warning("child: bad frame from the front: %s", e)
             return None
         if msg.name == "LOG":
-            if self.front_log_budget > 0:
-                self.front_log_budget -= 1
-                log.log(logsetup.level_number(msg.level), "front: %s",
-                        logsetup.sanitize(msg.text, 900))
-            return msg
-        if msg.name in expect:
-            return msg
-        log.warning("child: unexpected %s from the front", msg.name)
-        return None
+            self.answer_log(msg)
+        return msg
+
+    def answer_log(self, msg):
+        if self.front_log_budget > 0:
+            self.front_log_budget -= 1
+            log.log(logsetup.level_number(msg.level), "front: %s",
+                    logsetup.sanitize(msg.text, 900))
 
     # -- OWNER -----------------------------------------------------------------
     def become_owner(self, grant):
@@ -189,7 +193,7 @@ class Child:
                                         max(0.0, deadline - time.monotonic()))
             if not ready:
                 return None
-            msg = self.from_front(expect=("HANDOVER",))
+            msg = self.read_front()
             if msg is None:
                 return None
             if msg.name == "HANDOVER":

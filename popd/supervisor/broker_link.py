@@ -5,6 +5,7 @@ one is started with the new configuration and the old one is retired: it
 keeps serving the slots that were created with it (a login in progress is
 not cut off) and is stopped when the last of them is gone.
 """
+import enum
 import os
 import select
 import signal
@@ -18,9 +19,15 @@ class BrokerStartError(Exception):
     pass
 
 
+class LinkState(enum.Enum):
+    STARTING = "starting"           # until BROKER_READY
+    READY = "ready"                 # it answers logins: GRANTED
+
+
 class BrokerLink:
     def __init__(self, pid, pidfd, sock):
         self.pid, self.pidfd, self.sock = pid, pidfd, sock
+        self.state = LinkState.STARTING
         self.slots = 0                 # live slots whose channels it holds
         self.retired = False
         self.exited = False
@@ -35,15 +42,16 @@ class BrokerLink:
         link = cls(pid, os.pidfd_open(pid), ours)
         ready, _, _ = select.select([ours], [], [], limits.BROKER_START_TIMEOUT)
         try:
-            msg = ipc.recv(ours, Channel.SUPERVISOR_BROKER, Role.SUPERVISOR) \
-                if ready else None
+            msg = ipc.recv(ours, Channel.SUPERVISOR_BROKER, Role.SUPERVISOR,
+                           link.state) if ready else None
         except (ipc.Closed, ipc.Violation):
             msg = None
-        if msg is None or msg.name != "BROKER_READY":
+        if msg is None:
             link.kill()
             link.reap(block=True)
             raise BrokerStartError("the auth broker did not start (see the "
                                    "message above)")
+        link.state = LinkState.READY
         return link
 
     def send(self, name, **fields):

@@ -301,25 +301,20 @@ class Supervisor:
 
     def on_slot(self, slot):
         try:
-            msg = ipc.recv(slot.sock, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR)
+            msg = ipc.recv(slot.sock, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR,
+                           slot.state)
         except (ipc.Closed, ipc.Violation) as e:
             self.sel.unregister(slot.sock)     # exit is seen through the pidfd
             if isinstance(e, ipc.Violation):
                 log.warning("slot %d: %s; killing it", slot.id, e)
                 self.kill_slot(slot)
             return
-        if msg.name == "CHILD_DONE":
-            # It may come before the broker's GRANTED is read here.
-            if slot.state is not SlotState.BUSY or slot.done:
-                log.warning("slot %d: CHILD_DONE while %s or twice", slot.id,
-                            slot.state.value)
-                self.kill_slot(slot)
-            slot.done = True
-            return
-        if slot.state is not SlotState.STARTING or slot.front_pid is not None:
-            log.warning("slot %d: SLOT_READY in state %s", slot.id, slot.state.value)
-            self.kill_slot(slot)
-            return
+        self.SLOT_MESSAGES[msg.name](self, slot, msg)
+
+    def answer_child_done(self, slot, msg):
+        slot.done = True
+
+    def answer_slot_ready(self, slot, msg):
         if not self.adopt_front(slot, msg.front_pid):
             log.warning("slot %d: front pid %d is not its child", slot.id,
                         msg.front_pid)
@@ -327,6 +322,11 @@ class Supervisor:
             return
         self.pool.mark_idle(slot)
         self.dispatch_pending()
+
+    # What a child may send; ipc.MESSAGES declares the slot state each is
+    # accepted in (SLOT_READY: starting; CHILD_DONE: busy) and that each
+    # comes once, and recv() refuses the rest: the slot is killed.
+    SLOT_MESSAGES = {"SLOT_READY": answer_slot_ready, "CHILD_DONE": answer_child_done}
 
     def adopt_front(self, slot, pid):
         """Follow the front through a pidfd, after checking that the pid
@@ -444,12 +444,16 @@ class Supervisor:
     # -- grants ----------------------------------------------------------------
     def on_broker(self, link):
         try:
-            msg = ipc.recv(link.sock, Channel.SUPERVISOR_BROKER, Role.SUPERVISOR)
+            msg = ipc.recv(link.sock, Channel.SUPERVISOR_BROKER, Role.SUPERVISOR,
+                           link.state)
         except (ipc.Closed, ipc.Violation) as e:
             log.error("auth broker channel: %s", e)
             self.sel.unregister(link.sock)
             return
-        slot = self.pool.slots.get(msg.slot) if msg.name == "GRANTED" else None
+        self.answer_granted(link, msg)     # the one message a ready broker sends
+
+    def answer_granted(self, link, msg):
+        slot = self.pool.slots.get(msg.slot)
         if (slot is None or slot.broker is not link or slot.state is not SlotState.BUSY
                 or slot.granted):
             log.warning("unexpected %s from the broker", msg.name)

@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from popd import ipc, limits
+from popd.broker.broker import ChannelState
 from popd.ipc import Channel, Role
+from popd.pop3.authorization import FrontState
+from popd.slot.child import ChildState
+from popd.supervisor.broker_link import LinkState
+from popd.supervisor.pool import SlotState
 
 
 def test_round_trip_with_fd():
@@ -16,7 +21,7 @@ def test_round_trip_with_fd():
     r, w = os.pipe()
     ipc.send(a, "CONNECTION", fds=[r], peer_ip="192.0.2.1", peer_port=110,
              listener="127.0.0.1:110", tls="none")
-    msg = ipc.recv(b, Channel.SUPERVISOR_CHILD, Role.CHILD)
+    msg = ipc.recv(b, Channel.SUPERVISOR_CHILD, Role.CHILD, ChildState.IDLE)
     assert msg.name == "CONNECTION" and msg.peer_ip == "192.0.2.1" and msg.peer_port == 110
     assert len(msg.fds) == 1
     os.write(w, b"x")
@@ -40,7 +45,7 @@ def test_oversized_datagram_is_refused_not_truncated():
     frame = ipc.encode("AUTH_OK")
     a.send(frame + b"\0" * limits.MAX_FRAME)
     with pytest.raises(ipc.Violation, match="truncated"):
-        ipc.recv(b, Channel.BROKER_FRONT, Role.FRONT)
+        ipc.recv(b, Channel.BROKER_FRONT, Role.FRONT, FrontState.AUTHENTICATING)
 
 
 def test_fds_pushed_on_a_channel_without_fds_are_closed():
@@ -50,7 +55,7 @@ def test_fds_pushed_on_a_channel_without_fds_are_closed():
     a.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", r))])
     before = set(os.listdir("/proc/self/fd"))
     with pytest.raises(ipc.Violation):
-        ipc.recv(b, Channel.BROKER_FRONT, Role.BROKER)
+        ipc.recv(b, Channel.BROKER_FRONT, Role.BROKER, ChannelState.BOUND)
     # No ancillary space was offered: the fd never arrived.
     assert set(os.listdir("/proc/self/fd")) <= before
     os.close(r), os.close(w)
@@ -107,15 +112,75 @@ def test_a_once_message_is_refused_the_second_time_on_that_channel_end():
     try:
         ipc.send(a, "SLOT_READY", front_pid=7)
         ipc.send(a, "SLOT_READY", front_pid=8)
-        assert ipc.recv(b, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR).front_pid == 7
+        assert ipc.recv(b, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR,
+                        SlotState.STARTING).front_pid == 7
         with pytest.raises(ipc.Violation, match="a second SLOT_READY"):
-            ipc.recv(b, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR)
+            ipc.recv(b, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR, SlotState.STARTING)
         # Another channel end keeps its own count; repeatable messages repeat.
         ipc.send(other_a, "SLOT_READY", front_pid=9)
-        assert ipc.recv(other_b, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR).front_pid == 9
+        assert ipc.recv(other_b, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR,
+                        SlotState.STARTING).front_pid == 9
         for _ in range(3):
             ipc.send(a, "CHANNEL_BIND", slot=1, peer_ip="192.0.2.1")
             assert ipc.recv(b, Channel.SUPERVISOR_BROKER, Role.BROKER).slot == 1
     finally:
         for s in (a, b, other_a, other_b):
             s.close()
+
+
+# The state enum of each receiver on each channel; None: it keeps none.
+RECEIVER_STATES = {
+    (Channel.SUPERVISOR_CHILD, Role.CHILD): ChildState,
+    (Channel.SUPERVISOR_CHILD, Role.SUPERVISOR): SlotState,
+    (Channel.SUPERVISOR_BROKER, Role.SUPERVISOR): LinkState,
+    (Channel.SUPERVISOR_BROKER, Role.BROKER): None,
+    (Channel.SUPERVISOR_SPAWNER, Role.SUPERVISOR): None,
+    (Channel.SUPERVISOR_SPAWNER, Role.SPAWNER): None,
+    (Channel.BROKER_FRONT, Role.BROKER): ChannelState,
+    (Channel.BROKER_FRONT, Role.FRONT): FrontState,
+    (Channel.BROKER_CHILD, Role.CHILD): ChildState,
+    (Channel.BROKER_WORKER, Role.BROKER): None,
+    (Channel.BROKER_WORKER, Role.WORKER): None,
+    (Channel.CHILD_FRONT, Role.CHILD): ChildState,
+    (Channel.CHILD_FRONT, Role.FRONT): FrontState,
+}
+
+
+def _receiver(spec):
+    first, second = (Role(r) for r in spec.channel.value.split("-"))
+    return second if spec.sender is first else first
+
+
+def test_every_message_names_states_its_receiver_has():
+    for spec in ipc.MESSAGES:
+        states = RECEIVER_STATES[spec.channel, _receiver(spec)]
+        if states is None:
+            assert spec.states is ipc.ANY, spec.name
+        else:
+            assert spec.states, spec.name
+            assert set(spec.states) <= {s.value for s in states}, spec.name
+
+
+def test_a_message_outside_its_states_is_refused_and_its_fds_closed():
+    a, b = ipc.socketpair()
+    r, w = os.pipe()
+    try:
+        ipc.send(a, "AUTH_REQUEST", authzid="", authcid="u", secret=b"p", method="PASS")
+        with pytest.raises(ipc.Violation, match="AUTH_REQUEST in state waiting"):
+            ipc.recv(b, Channel.BROKER_FRONT, Role.BROKER, ChannelState.WAITING)
+        ipc.send(a, "LOGIN_DONE")
+        with pytest.raises(ipc.Violation, match="LOGIN_DONE in state bound"):
+            ipc.recv(b, Channel.BROKER_FRONT, Role.BROKER, ChannelState.BOUND)
+        # A busy child takes no second client: the socket it carried is closed.
+        ipc.send(a, "CONNECTION", fds=[r], peer_ip="192.0.2.1", peer_port=110,
+                 listener="127.0.0.1:110", tls="none")
+        before = set(os.listdir("/proc/self/fd"))
+        with pytest.raises(ipc.Violation, match="CONNECTION in state busy"):
+            ipc.recv(b, Channel.SUPERVISOR_CHILD, Role.CHILD, ChildState.BUSY)
+        assert set(os.listdir("/proc/self/fd")) <= before
+        # The same frames pass in the state they are declared for.
+        ipc.send(a, "LOGIN_DONE")
+        assert ipc.recv(b, Channel.BROKER_FRONT, Role.BROKER, ChannelState.GRANTED)
+    finally:
+        os.close(r), os.close(w)
+        a.close(), b.close()
