@@ -1,6 +1,7 @@
-"""What the system tests talk to the daemon with: the sample mailbox and
-its octet counts, poplib logins (from a chosen source address too), raw
-sockets, and a line client that can switch to TLS mid-stream."""
+"""What the system tests talk to the daemon with: the sample mailboxes and
+their messages, poplib logins (from a chosen source address too), the
+checks that the daemon still serves, raw sockets, and a line client that
+can switch to TLS mid-stream."""
 import poplib
 import socket
 
@@ -14,6 +15,16 @@ MBOX = (b"From alice@example.org Thu Nov 26 10:00:00 2026\n"
 # Message 1 as sent: "From: a@example.org\r\nSubject: one\r\n\r\nHello\r\n.dot line\r\n"
 OCTETS = [len(b"From: a@example.org\r\nSubject: one\r\n\r\nHello\r\n.dot line\r\n"),
           len(b"From: b@example.org\r\nSubject: two\r\n\r\n>From quoted\r\nbye\r\n")]
+# Two plain messages: no dot-stuffing, no quoted From (the install and
+# service script tests).
+PLAIN_MBOX = (b"From a@example.org Thu Nov 26 10:00:00 2026\nSubject: one\n\nHello\n\n"
+              b"From b@example.org Thu Nov 26 11:00:00 2026\nSubject: two\n\nBye\n")
+
+
+def msg(n, extra=b""):
+    return (b"From sender%d@example.org Thu Nov 26 10:00:00 2026\n"
+            b"From: s%d@example.org\nSubject: message %d\n%s\nbody %d\n.starts with dot\n\n"
+            % (n, n, n, extra, n))
 
 
 class SourcePOP3(poplib.POP3):
@@ -43,6 +54,32 @@ def login(d, user="alice", source=None):
 def connect_raw(d, source="127.0.0.1"):
     s = socket.create_connection((d.host, d.port), timeout=10, source_address=(source, 0))
     return s, s.makefile("rb")
+
+
+def still_serves(d):
+    c = login(d)
+    assert c.stat()[0] == 2
+    c.quit()
+
+
+def login_from(d, user, source="127.0.0.1"):
+    """Logged in as `user` from `source`, with a 30 s timeout that waits
+    out the broker's delays."""
+    c = poplib.POP3(d.host, d.port, timeout=30)
+    c.sock.close()                     # poplib cannot bind a source: reconnect
+    s = socket.create_connection((d.host, d.port), timeout=30, source_address=(source, 0))
+    c.sock, c.file = s, s.makefile("rb")
+    c._debugging = 0
+    assert c._getresp().startswith(replies.GREETING)
+    c.user(user)
+    c.pass_(USERS[user][0])
+    return c
+
+
+def served(d, user="bob", source="127.0.0.99"):
+    c = login_from(d, user, source)
+    assert c.stat()[0] >= 0
+    c.quit()
 
 
 # A password whose PLAIN initial response is longer than RFC 1939's 40

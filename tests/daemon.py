@@ -332,6 +332,14 @@ def status(pid):
     return out
 
 
+def gone(pid):
+    """True once `pid` has exited (a zombie counts)."""
+    try:
+        return status(pid)["State"].startswith("Z")
+    except FileNotFoundError:
+        return True
+
+
 # -- reading live processes -------------------------------------------------
 
 def caps(st):
