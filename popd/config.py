@@ -231,7 +231,7 @@ def pam_service(v):
 pam_service.doc = "PAM service name"
 
 
-LISTEN_FIELDS = {"address", "port", "tls", "backlog"}
+LISTEN_FIELDS = {"address", "port", "tls", "backlog", "proxy"}
 # listen(2) backlog: connections the kernel completes before popd accepts
 # them (capped by net.core.somaxconn); SYN floods are the kernel's to absorb
 # (syncookies), see popd(8).
@@ -249,7 +249,7 @@ def listen_list(v):
         unknown = set(item) - LISTEN_FIELDS
         if unknown:
             raise Problem(f"{where}: unknown field {sorted(unknown)[0]!r}; "
-                          f"allowed: address, port, tls, backlog")
+                          f"allowed: address, port, tls, backlog, proxy")
         try:
             addr = ipaddress.ip_address(item.get("address", ""))
         except ValueError:
@@ -258,7 +258,8 @@ def listen_list(v):
         fields = {}
         for field, check, default in (("port", integer(1, 65535), None),
                                       ("tls", choice("none", "starttls", "implicit"), "none"),
-                                      ("backlog", integer(1, 65535), DEFAULT_BACKLOG)):
+                                      ("backlog", integer(1, 65535), DEFAULT_BACKLOG),
+                                      ("proxy", boolean, False)):
             try:
                 fields[field] = check(item.get(field, default))
             except Problem as e:
@@ -268,9 +269,26 @@ def listen_list(v):
             raise Problem(f"{where}: {addr} port {port} is listed twice")
         seen.add((str(addr), port))
         out.append(types.SimpleNamespace(address=str(addr), port=port, tls=tls,
-                                         backlog=backlog, family=addr.version))
+                                         backlog=backlog, family=addr.version,
+                                         proxy=fields["proxy"]))
     return out
-listen_list.doc = "list of {address, port, tls: none | starttls | implicit, backlog}"
+listen_list.doc = ("list of {address, port, tls: none | starttls | implicit, backlog, "
+                   "proxy: true | false}")
+
+
+def network_list(v):
+    """CIDR networks (a bare address is its own /32 or /128)."""
+    if not isinstance(v, list):
+        raise Problem("must be a list of networks such as 10.0.0.0/24 or fd00::/64")
+    out = []
+    for i, item in enumerate(v):
+        try:
+            out.append(ipaddress.ip_network(str(item), strict=True))
+        except ValueError as e:
+            raise Problem(f"[{i}]: {item!r} is not a network ({e}); write it as "
+                          f"address/prefix with no host bits set") from None
+    return tuple(out)
+network_list.doc = "list of CIDR networks (IPv4 and IPv6)"
 
 
 def cipher_list(v):
@@ -308,6 +326,12 @@ class Key:
 KEYS = [
     Key("listen", listen_list, REQUIRED,
         "Sockets to listen on; each address is bound explicitly.", False),
+    Key("proxy_trusted_networks", network_list, [],
+        "Peers allowed to send a PROXY protocol header (v1 or v2) on a "
+        "listener with proxy: true, i.e. the load balancers; any other peer "
+        "on such a listener is refused unread.  The header's client address "
+        "then drives the per-address caps, the guessing delays, the logs and "
+        "the process titles.  See popd(8), \"Behind a load balancer\"."),
     Key("user", user_id, "popd",
         "Children run as this user until they become the mailbox owner.", False),
     Key("group", group_id, "popd", "Group of the children before login.", False),
@@ -607,6 +631,10 @@ def _cross_checks(v, given=()):
                    f"lower auth_delay_max to at most "
                    f"{max(0, v['limits.login_deadline'] - limits.LOGIN_HEADROOM)} "
                    f"or raise login_deadline")
+    proxied = [f"{l.address} port {l.port}" for l in v["listen"] if l.proxy]
+    if proxied and not v["proxy_trusted_networks"]:
+        out.append(f"listen: {proxied[0]} has proxy: true but proxy_trusted_networks "
+                   f"is empty; list the load balancers' addresses there")
     # Three distinct identities: if the front shared a uid with the child or
     # the broker it could ptrace or signal them.
     for kind, names in (("user", ("user", "login_user", "broker_user")),

@@ -30,6 +30,16 @@ REFUSAL_LINE = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
 # bounded so a burst cannot grow the supervisor's memory.
 MAX_PENDING_CONNECTIONS = 256
 
+# PROXY protocol (listen[].proxy, supervisor/proxy_header.py).  The header
+# comes from the operator's balancer, but root reads it, so it is bounded
+# like anything else: the spec's receive buffer (a v1 line is at most 107
+# bytes, a v2 header with TCP6 addresses 52, room left for TLVs); the
+# balancer writes it at connect, so a few seconds is generous; and the
+# connections still owing one are capped (past the cap: closed unread).
+PROXY_HEADER_MAX = 536
+PROXY_HEADER_TIMEOUT = 5.0
+MAX_PROXY_PENDING = 256
+
 # Crash-loop back-off for slots that die before serving anyone:
 # first retry after 0.1 s, doubling, capped at 10 s.
 SPAWN_BACKOFF_MIN = 0.1

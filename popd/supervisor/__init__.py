@@ -1,13 +1,17 @@
 """The supervisor: the root process, and what it forks before any drop.
 
 Every file here runs as root (uid 0, full capabilities), and the
-supervisor never reads a byte a client sent:
+supervisor never reads a byte a client sent; behind a load balancer it
+reads the balancer's PROXY header, from trusted peers only:
 
 - loop.py            the main loop: signals deferred to it, accept, admit,
                      hand over, reap, stop
 - reload.py          SIGHUP: the new configuration, broker and TLS context
 - listeners.py       bind the listening sockets, before anything is forked
 - admission.py       the global and per-address caps and the canned refusal
+- proxied.py         proxy listeners: the trusted-peer check, the header's
+                     bounded non-blocking read, then admission
+- proxy_header.py    the PROXY v1/v2 header parser (pure, fuzzed)
 - pool.py            slot records: idle/busy, spawn pacing, crash back-off
 - sessions.py        one session per maildrop; stopped or stalled sessions
 - spawner.py         the spawner process (root), which forks the slots

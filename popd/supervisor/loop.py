@@ -5,7 +5,9 @@ that keep root (supervisor/__init__.py lists what runs as root).
 
 It never reads a byte a client sent: it accepts, decides from the peer
 address alone (admission.py), and passes the socket to an idle slot's
-child with SCM_RIGHTS.  Signal handlers only record the signal; the
+child with SCM_RIGHTS.  Behind a load balancer the peer address is the
+one the balancer's PROXY header names, the only bytes root reads, from
+trusted peers only (proxied.py, proxy_header.py).  Signal handlers only record the signal; the
 wakeup fd only wakes the loop and its bytes are never interpreted (after
 a fork any process could write to it).  Processes are followed through
 pidfds, so a slot counts as taken until its child AND its front are gone;
@@ -29,9 +31,11 @@ from typing import NamedTuple
 from popd import ipc, limits
 from popd.config import service_ids
 from popd.ipc import Channel, Role
-from popd.supervisor import admission, listeners, reload, sessions, startup_checks, trusted_files
+from popd.supervisor import (admission, listeners, reload, sessions, startup_checks,
+                             trusted_files)
 from popd.supervisor.broker_link import BrokerLink, BrokerStartError
 from popd.supervisor.pool import Pool, Slot, SlotState
+from popd.supervisor.proxied import ProxyHeaders
 from popd.supervisor.spawner import SpawnerError, SpawnerLink
 from popd.supervisor.startup_checks import StartupError
 from popd.unix import privileges, process, proctitle, seccomp, tls
@@ -71,6 +75,7 @@ class Supervisor:
         self.spawner = None                 # SpawnerLink: forks the slots
         self.spawn_due = None               # when missing spares are forked
         self.maildrops = sessions.Maildrops()  # who holds which mailbox
+        self.proxied = ProxyHeaders(self.sel, self.admit_and_dispatch)
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -201,15 +206,27 @@ class Supervisor:
             except OSError as e:               # EMFILE and friends: log, go on
                 log.error("accept on %s: %s", listeners.label(listen), e.strerror)
                 break
-            ip, port = addr[0], addr[1]
-            key = self.admission.admit(ip)
-            if key is None or len(self.pending) >= limits.MAX_PENDING_CONNECTIONS:
-                if key is not None:
-                    self.admission.release(key)
-                log.info("refused: rip=%s, reason=limit", ip)
-                admission.refuse(conn)
-                continue
-            self.pending.append(Waiting(conn, ip, port, listen, key, time.monotonic()))
+            if listen.proxy:
+                # The client's address comes from the balancer's header.
+                self.proxied.expect(conn, addr[0], addr[1], listen,
+                                    self.cfg.proxy_trusted_networks)
+            else:
+                self.admit(conn, addr[0], addr[1], listen)
+        self.dispatch_pending()
+
+    def admit(self, conn, ip, port, listen):
+        """Count the client in (or refuse it) and queue it for a slot."""
+        key = self.admission.admit(ip)
+        if key is None or len(self.pending) >= limits.MAX_PENDING_CONNECTIONS:
+            if key is not None:
+                self.admission.release(key)
+            log.info("refused: rip=%s, reason=limit", ip)
+            admission.refuse(conn)
+            return
+        self.pending.append(Waiting(conn, ip, port, listen, key, time.monotonic()))
+
+    def admit_and_dispatch(self, conn, ip, port, listen):
+        self.admit(conn, ip, port, listen)
         self.dispatch_pending()
 
     def refuse_waiting(self, waiting):
@@ -520,6 +537,7 @@ class Supervisor:
     # -- deadlines and stopping ----------------------------------------------------
     def enforce_deadlines(self):
         now = time.monotonic()
+        self.proxied.expire(now)
         # Until the grant only the front is at work, and it must end its
         # client at the login deadline; a front that does not is killed a
         # little later.  After the grant the child bounds the rest.
@@ -567,6 +585,7 @@ class Supervisor:
             self.sel.unregister(sock)
             sock.close()
         self.sockets = []
+        self.proxied.close_all()
         while self.pending:
             self.refuse_waiting(self.pending.popleft())
         for slot in self.pool.slots.values():

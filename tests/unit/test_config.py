@@ -170,6 +170,23 @@ def test_listen_backlog(tmp_path):
     assert any("listen: [0].backlog: 0 is out of range; allowed: 1..65535" in p for p in found), found
 
 
+def test_proxy_listeners_need_trusted_networks(tmp_path):
+    proxied = GOOD.replace("tls: none}", "tls: none, proxy: true}")
+    assert config.load(write(tmp_path, GOOD)).listen[0].proxy is False
+    (line,) = problems(tmp_path, proxied)
+    assert "has proxy: true but proxy_trusted_networks is empty" in line, line
+    cfg = config.load(write(tmp_path, proxied + "proxy_trusted_networks: [10.0.0.5/32, "
+                                                "'fd00::/64', 192.0.2.1]\n"))
+    assert cfg.listen[0].proxy is True
+    assert [str(n) for n in cfg.proxy_trusted_networks] == ["10.0.0.5/32", "fd00::/64",
+                                                            "192.0.2.1/32"]
+    (line,) = problems(tmp_path, proxied + "proxy_trusted_networks: [10.0.0.5/16]\n")
+    assert "proxy_trusted_networks: [0]: '10.0.0.5/16' is not a network" in line, line
+    assert "no host bits set" in line
+    (line,) = problems(tmp_path, GOOD.replace("tls: none}", "tls: none, proxy: yes please}"))
+    assert "listen: [0].proxy" in line, line
+
+
 def test_auth_delay_max_must_leave_room_in_the_login_deadline(tmp_path):
     bad = write(tmp_path, GOOD + "limits: {auth_delay_max: 30, login_deadline: 30}\n")
     with pytest.raises(config.ConfigError) as e:

@@ -1,4 +1,5 @@
-"""A short run of the client-input fuzz target (tests/fuzz/fuzz_client_input.py).
+"""Short runs of the fuzz targets: client input (tests/fuzz/fuzz_client_input.py)
+and the PROXY header parser (tests/fuzz/fuzz_proxy_header.py).
 
 CI runs it for FUZZ_SECONDS from the checked-in seeds and dictionary; a
 longer run is documented in the target's docstring.  atheris 3.0.0 is the
@@ -34,3 +35,18 @@ def test_fuzz_client_input_for_a_few_seconds(tmp_path):
     # The seeds reach the sessions: coverage well past the reader alone.
     cov = [int(c) for c in re.findall(r"cov: (\d+)", out)]
     assert cov and max(cov) > 300, out[-2000:]
+
+
+def test_fuzz_proxy_header_for_a_few_seconds(tmp_path):
+    """The PROXY header parser runs as root: its own target, from its seeds."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    run = subprocess.run(
+        [sys.executable, str(FUZZ / "fuzz_proxy_header.py"), "-max_total_time=8",
+         "-timeout=10", "-rss_limit_mb=1024", str(corpus), str(FUZZ / "proxy_seeds")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=70)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    assert not list(tmp_path.glob("crash-*")), out[-4000:]
+    runs = re.search(r"Done (\d+) runs", out)
+    assert runs and int(runs.group(1)) > 1000, out[-2000:]
