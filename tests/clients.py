@@ -31,9 +31,9 @@ class SourcePOP3(poplib.POP3):
     """poplib from a chosen source address (127.0.0.2 is loopback too),
     through the socket hook its own POP3_SSL overrides."""
 
-    def __init__(self, host, port, source):
+    def __init__(self, host, port, source, timeout=10):
         self.source = source
-        super().__init__(host, port, timeout=10)
+        super().__init__(host, port, timeout=timeout)
 
     def _create_socket(self, timeout):
         return socket.create_connection((self.host, self.port), timeout,
@@ -65,12 +65,8 @@ def still_serves(d):
 def login_from(d, user, source="127.0.0.1"):
     """Logged in as `user` from `source`, with a 30 s timeout that waits
     out the broker's delays."""
-    c = poplib.POP3(d.host, d.port, timeout=30)
-    c.sock.close()                     # poplib cannot bind a source: reconnect
-    s = socket.create_connection((d.host, d.port), timeout=30, source_address=(source, 0))
-    c.sock, c.file = s, s.makefile("rb")
-    c._debugging = 0
-    assert c._getresp().startswith(replies.GREETING)
+    c = SourcePOP3(d.host, d.port, source, timeout=30)
+    assert c.getwelcome().startswith(replies.GREETING)
     c.user(user)
     c.pass_(USERS[user][0])
     return c

@@ -5,9 +5,11 @@ Runs in: the session child, as the mailbox owner.
 
 The cache holds the index columns (offset, start, stop, octets) and the
 UIDL base id of each message, with what they were computed from: the
-mbox's device, inode, size and mtime, and a digest of samples of the
-indexed bytes (the first and last 64 KiB and the head of up to 256 evenly
-spaced messages, each of which must still start with `From `).  It is
+mbox's inode, size and mtime (its device is recorded but not compared:
+NFS clients number a shared mount each their own way), and a digest of
+samples of the indexed bytes (the first and last 64 KiB and the head of
+up to 256 evenly spaced messages, each of which must still start with
+`From `).  It is
 used only when all of these agree; when the file has grown and the new
 bytes start with `From `, only the new part is scanned (mail delivered
 since).  Anything else, and any oddity in the file itself, means a full
@@ -70,7 +72,8 @@ def save(path, fd, index, base_text):
         return
     header = _HEADER.pack(MAGIC, st.st_dev, st.st_ino, index.size, st.st_mtime_ns,
                           len(index), digest)
-    # Native byte order: the cache never leaves this machine.
+    # Native byte order: nodes sharing a state directory share an
+    # architecture (popd(8), "Several nodes, one spool").
     body = b"".join([header, *(c.tobytes() for c in index.columns()),
                      base_text.encode("ascii")])
     # Against torn or damaged files, not against the user (who owns this
@@ -121,7 +124,9 @@ def _parse(data, st):
     if _CHECK.unpack_from(data, len(view))[0] != zlib.crc32(view):
         return None
     magic, dev, ino, size, mtime_ns, count, digest = _HEADER.unpack_from(data)
-    if (magic != MAGIC or dev != st.st_dev or ino != st.st_ino or size > st.st_size
+    # Not st_dev: nodes sharing the spool over NFS each number the mount
+    # their own way; the inode number is the server's and the same for all.
+    if (magic != MAGIC or ino != st.st_ino or size > st.st_size
             or count > size // MIN_MESSAGE + 1 or (size and not count)
             or len(view) != _HEADER.size + count * _PER_MESSAGE):
         return None

@@ -8,9 +8,10 @@ for the length of a session: fcntl always (what postfix, exim, procmail and
 dovecot-lda take), then the dot-lock where one can be made (directly when
 the owner may create `<mbox>.lock`, or through the lock helper holding
 `mail.dotlock_group`).  A second session on the same maildrop is kept out
-by the supervisor (sessions.py), which the owner cannot touch; the flock
-on `<state>/<key>.session`, held for the whole session, is only a second
-line, since the owner may delete that file.  The key is a digest of the
+by the supervisor (sessions.py), which the owner cannot touch; the fcntl
+lock on `<state>/<key>.session`, held for the whole session, is a second
+line (the owner may delete that file) and, with a state directory shared
+by several nodes, the one that holds across them.  The key is a digest of the
 mbox path, so virtual users sharing a uid do not collide.  Journal, index
 cache, UID state (uidl.py), ids kept from another server (foreign_uidl.py),
 first retrievals for EXPIRE (expiry.py) and the session lock all live in
@@ -145,8 +146,11 @@ class Maildrop:
             log.error("state %s: %s", self.session_lock, e.strerror)
             raise MailboxError("SYS/TEMP", "Cannot use the state directory") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # fcntl, not flock: the lock NFSv4 carries to the server, so a
+            # state directory shared by several nodes keeps one session
+            # per maildrop across all of them (popd(8), "Several nodes").
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
             os.close(fd)
             raise MailboxError("IN-USE", "Mailbox is in use by another session") from None
         self.session_fd = fd

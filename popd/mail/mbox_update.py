@@ -57,7 +57,7 @@ Journal format (version 1, all integers little-endian)
     0    8  magic       b"popdjrnl"
     8    4  version     u32 = 1
     12   4  flags       u32 = 0
-    16   8  dev         u64  st_dev of the mbox
+    16   8  dev         u64  st_dev of the mbox (recorded, not compared)
     24   8  ino         u64  st_ino of the mbox
     32   8  target      u64  T: offset of the first deleted message
     40   8  length      u64  L: bytes of data
@@ -91,7 +91,8 @@ The journal is owned by the user: hostile input.  The header is 160 fixed
 bytes; every field is range-checked (< 2**62, T+L < S, journal size exactly
 160+L) before any arithmetic uses it; data is hashed in bounded chunks and
 never used for anything but being copied into the mbox it names (same
-dev/ino).  A mailbox owner who forges a journal can only do to their own
+inode number; not st_dev, which differs between the NFS clients of one
+shared spool).  A mailbox owner who forges a journal can only do to their own
 mbox what they could do with a shell, since recovery runs as that owner.
 
 Mail may be delivered between a crash and the next open (the fcntl lock
@@ -474,7 +475,11 @@ def _judge(fd, jfd, path, io, chunk):
     if fd is None:
         return _set_aside(io, path, "the mailbox does not exist")
     mst = os.fstat(fd)
-    if (mst.st_dev, mst.st_ino) != (dev, ino):
+    # The inode number only: it is the file server's id for the file, the
+    # same on every NFS client, while st_dev is each client's own number
+    # for its mount (a node recovering another's journal sees another dev).
+    # The digests below decide whether the bytes fit.
+    if mst.st_ino != ino:
         return _set_aside(io, path, "journal written for another file")
     size = mst.st_size
     if size < target + length:
