@@ -8,11 +8,12 @@
 #   namespaces; libseccomp2: the fronts' filter; passwd: useradd and
 #   chpasswd for the system-account tests; python3-venv: /opt/popd;
 #   dovecot-pop3d (with dovecot-lda), mailutils-pop3d: the servers whose
-#   UIDLs the migration tests take over.  No service is started by the
+#   UIDLs the migration tests take over; haproxy: the load balancer in
+#   front of two popd nodes (PROXY protocol).  No service is started by the
 #   install (a policy-rc.d refuses it while apt runs).
 set -eu
 PACKAGES="curl openssl fetchmail getmail6 mutt procmail mandoc python3-venv fail2ban systemd
-iproute2 util-linux libseccomp2 passwd dovecot-core dovecot-pop3d mailutils-pop3d"
+iproute2 util-linux libseccomp2 passwd dovecot-core dovecot-pop3d mailutils-pop3d haproxy"
 missing=
 for p in $PACKAGES; do
     dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
