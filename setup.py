@@ -54,5 +54,6 @@ setup(
         ("share/doc/popd/examples/fail2ban/filter.d", ["etc/fail2ban/filter.d/popd.conf"]),
         ("share/doc/popd/examples/fail2ban/jail.d", ["etc/fail2ban/jail.d/popd.conf"]),
         ("share/doc/popd/examples/pam.d", ["etc/pam.d/popd"]),
+        ("share/doc/popd/examples/haproxy", ["etc/haproxy/popd.cfg"]),
     ],
 )
