@@ -483,6 +483,11 @@ KEYS = [
         "Least severe level logged."),
     Key("logging.syslog_address", absolute_path, "/dev/log",
         "Unix socket of the syslog daemon."),
+    Key("logging.timestamps", optional(boolean), None,
+        "With logging.target: stderr, start each line with the local time "
+        "(ISO 8601, milliseconds, UTC offset), for a plain log file such as "
+        "the init script's.  Unset: on, unless stderr is systemd's journal "
+        "(JOURNAL_STREAM), which stamps lines itself."),
     Key("logging.verbose_proctitle", boolean, False,
         "Show user and client address in process titles (every local user "
         "can read them)."),

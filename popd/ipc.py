@@ -127,8 +127,10 @@ ANY = None
 _C, _R = Channel, Role
 # A client connection (its socket is the frame's one fd): the supervisor
 # tells the child in CONNECTION, the child tells its front in CLIENT.
+# `session` is the id the supervisor gives the connection at accept, which
+# every process's log lines about it carry (logsetup.Logger).
 _CLIENT_FIELDS = (("peer_ip", STR(64)), ("peer_port", U32), ("listener", STR(80)),
-                  ("tls", STR(16)))
+                  ("tls", STR(16)), ("session", STR(16)))
 MESSAGES = [
     # supervisor <-> child: slot life cycle.  The supervisor's states are
     # the slot's (SlotState), the child's its own (ChildState).
@@ -161,7 +163,7 @@ MESSAGES = [
     Spec("CHANNELS_NEW", 0x30, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
          (("slot", U32),), fds=2, states=ANY),
     Spec("CHANNEL_BIND", 0x32, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
-         (("slot", U32), ("peer_ip", STR(64))), states=ANY),
+         (("slot", U32), ("peer_ip", STR(64)), ("session", STR(16))), states=ANY),
     Spec("BROKER_READY", 0x31, _C.SUPERVISOR_BROKER, _R.BROKER, (),
          states=("starting",), once=True),
     # a granted session's child is gone: limits.login_delay counts from now

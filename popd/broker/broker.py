@@ -58,6 +58,7 @@ class SlotChannels:
         self.child = child
         self.state = ChannelState.UNBOUND
         self.peer_ip = None
+        self.session = None            # the connection's id, for log lines
         self.address = None            # throttling key: IPv4, or IPv6 /64
         self.failures = 0
         self.closed = False
@@ -331,6 +332,7 @@ class Broker:
                         msg.slot, chan.state.value if chan else "none")
             return
         chan.peer_ip = msg.peer_ip
+        chan.session = msg.session
         chan.address = addresses.address_key(msg.peer_ip)
         chan.state = ChannelState.BOUND
 
@@ -388,7 +390,7 @@ class Broker:
         suspect = self.throttle.suspect(chan.address, job.arrived)
         if not self.queue.push(chan.address, job, suspect):
             log.warning("auth queue full: rip=%s, user=\"%s\"", chan.peer_ip,
-                        sanitize(login, 64))
+                        sanitize(login, 64), session=chan.session)
             self.finish(job, None)
             return
         self.dispatch()
@@ -426,7 +428,8 @@ class Broker:
         if chan.closed or chan.state is not ChannelState.WAITING:
             if good:
                 log.info('login abandoned: rip=%s, user="%s": the front was '
-                         'gone before the grant', chan.peer_ip, sanitize(job.login, 64))
+                         'gone before the grant', chan.peer_ip, sanitize(job.login, 64),
+                         session=chan.session)
             return
         chan.state = ChannelState.BOUND
         if good is None:
@@ -435,7 +438,8 @@ class Broker:
             # Only a right password learns of the delay: a guesser cannot
             # tell from it who logged in lately.
             log.info('login refused: rip=%s, user="%s": LOGIN-DELAY, %.0f s left',
-                     chan.peer_ip, sanitize(job.login, 64), self.login_delay_left(job.login))
+                     chan.peer_ip, sanitize(job.login, 64), self.login_delay_left(job.login),
+                     session=chan.session)
             self.send_front(chan, "AUTH_FAIL", code="LOGIN-DELAY", final=1)
             self.close_front(chan)
         elif good:
@@ -448,13 +452,13 @@ class Broker:
         if job.refused:
             log.warning('auth refused: rip=%s, user="%s", source=%s: %s',
                         chan.peer_ip, sanitize(job.login, 64), job.entry.source,
-                        sanitize(job.refusal, 200))
+                        sanitize(job.refusal, 200), session=chan.session)
         reason = ("account-refused" if job.refused else
                   "password-mismatch" if job.entry else
                   "unknown-user" if job.well_formed else "bad-name")
         log.warning('auth failed: rip=%s, method=%s, attempt=%d, reason=%s, '
                     'user="%s"', chan.peer_ip, job.method, chan.failures, reason,
-                    sanitize(job.login, 64))
+                    sanitize(job.login, 64), session=chan.session)
         final = chan.failures >= self.cfg.limits.max_auth_failures
         self.send_front(chan, "AUTH_FAIL", code="AUTH", final=int(final))
         if final:
@@ -470,7 +474,7 @@ class Broker:
             problem = problem or f"no mailbox path: {e}"
         if problem:
             log.error('refusing login for user="%s": %s', sanitize(job.login, 64),
-                      sanitize(problem, 300))
+                      sanitize(problem, 300), session=chan.session)
             self.send_front(chan, "AUTH_FAIL", code="SYS/PERM", final=1)
             self.close_front(chan)
             return
@@ -488,11 +492,12 @@ class Broker:
             self.in_session[job.login] += 1   # until the supervisor's SESSION_ENDED
         log.info('login: rip=%s, method=%s, queued=%.3f, user="%s", uid=%d',
                  chan.peer_ip, job.method, job.queued, sanitize(job.login, 64),
-                 entry.uid)
+                 entry.uid, session=chan.session)
         if entry.weak:
             log.warning('user="%s" logged in with a weak %s hash in %s: re-hash it '
                         'with popd-passwd', sanitize(job.login, 64),
-                        passwd.scheme_of(entry.password, True), self.cfg.auth.passwd_file)
+                        passwd.scheme_of(entry.password, True), self.cfg.auth.passwd_file,
+                        session=chan.session)
         self.send_front(chan, "AUTH_OK")
 
     def session_end(self, login):
@@ -566,7 +571,7 @@ class Broker:
         if reason:
             log.warning("broker: closing the channels of slot %d (%s, "
                         "rip=%s): %s", chan.slot, chan.state.value,
-                        chan.peer_ip, reason)
+                        chan.peer_ip, reason, session=chan.session)
         chan.closed = True
         self.close_front(chan)
         if chan.child is not None:

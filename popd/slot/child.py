@@ -86,10 +86,14 @@ class Child:
         if self.front in ready:
             return False          # front died while idle: the slot is done
         msg = ipc.recv(self.sup, Channel.SUPERVISOR_CHILD, Role.CHILD, self.state)
+        # This process serves one connection: every line it logs from now
+        # on, its front's included, carries the connection's id.
+        log.session = msg.session
         fd = msg.fds[0]
         try:
             ipc.send(self.front, "CLIENT", fds=[fd], peer_ip=msg.peer_ip,
-                     peer_port=msg.peer_port, listener=msg.listener, tls=msg.tls)
+                     peer_port=msg.peer_port, listener=msg.listener, tls=msg.tls,
+                     session=msg.session)
         finally:
             os.close(fd)          # the child keeps no copy of the socket
         self.peer_ip = msg.peer_ip

@@ -21,6 +21,7 @@ session child (sessions.py), logging its `session end` line for it.
 import collections
 import gc
 import os
+import secrets
 import select
 import selectors
 import signal
@@ -50,6 +51,7 @@ class Waiting(NamedTuple):
     listen: object        # the listener it came in on (config's listen entry)
     key: str              # its admission key (addresses.address_key)
     since: float          # monotonic time it started waiting
+    session: str          # its id in every process's log lines
 
 
 class Supervisor:
@@ -206,27 +208,28 @@ class Supervisor:
             except OSError as e:               # EMFILE and friends: log, go on
                 log.error("accept on %s: %s", listeners.label(listen), e.strerror)
                 break
+            session = new_session_id()
             if listen.proxy:
                 # The client's address comes from the balancer's header.
                 self.proxied.expect(conn, addr[0], addr[1], listen,
-                                    self.cfg.proxy_trusted_networks)
+                                    self.cfg.proxy_trusted_networks, session)
             else:
-                self.admit(conn, addr[0], addr[1], listen)
+                self.admit(conn, addr[0], addr[1], listen, session)
         self.dispatch_pending()
 
-    def admit(self, conn, ip, port, listen):
+    def admit(self, conn, ip, port, listen, session):
         """Count the client in (or refuse it) and queue it for a slot."""
         key = self.admission.admit(ip)
         if key is None or len(self.pending) >= limits.MAX_PENDING_CONNECTIONS:
             if key is not None:
                 self.admission.release(key)
-            log.info("refused: rip=%s, reason=limit", ip)
+            log.info("refused: rip=%s, reason=limit", ip, session=session)
             admission.refuse(conn)
             return
-        self.pending.append(Waiting(conn, ip, port, listen, key, time.monotonic()))
+        self.pending.append(Waiting(conn, ip, port, listen, key, time.monotonic(), session))
 
-    def admit_and_dispatch(self, conn, ip, port, listen):
-        self.admit(conn, ip, port, listen)
+    def admit_and_dispatch(self, conn, ip, port, listen, session):
+        self.admit(conn, ip, port, listen, session)
         self.dispatch_pending()
 
     def refuse_waiting(self, waiting):
@@ -240,17 +243,19 @@ class Supervisor:
                 return
             waiting = self.pending.popleft()
             try:
-                slot.broker.send("CHANNEL_BIND", slot=slot.id, peer_ip=waiting.ip)
+                slot.broker.send("CHANNEL_BIND", slot=slot.id, peer_ip=waiting.ip,
+                                 session=waiting.session)
                 ipc.send(slot.sock, "CONNECTION", fds=[waiting.conn.fileno()],
                          peer_ip=waiting.ip, peer_port=waiting.port,
-                         listener=listeners.label(waiting.listen), tls=waiting.listen.tls)
+                         listener=listeners.label(waiting.listen), tls=waiting.listen.tls,
+                         session=waiting.session)
             except OSError as e:
                 log.warning("slot %d did not take a connection: %s", slot.id, e)
                 self.kill_slot(slot)
                 self.pending.appendleft(waiting._replace(since=time.monotonic()))
                 continue
             waiting.conn.close()
-            self.pool.mark_busy(slot, waiting.key, waiting.ip)
+            self.pool.mark_busy(slot, waiting.key, waiting.ip, waiting.session)
 
     # -- slots -----------------------------------------------------------------
     def spawn_slots(self):
@@ -419,7 +424,7 @@ class Supervisor:
         if why and slot.granted and slot.pidfd is not None and slot.killed is None:
             slot.killed = why
             log.warning('slot %d: session of user="%s" (rip=%s) %s; killing it',
-                        slot.id, slot.login, slot.peer, why)
+                        slot.id, slot.login, slot.peer, why, session=slot.session)
         send_signal(slot.pidfd, signal.SIGKILL)
         send_signal(slot.front_pidfd, signal.SIGKILL)
 
@@ -430,7 +435,7 @@ class Supervisor:
         if not slot.done:
             log.info('session end: rip=%s, user="%s", duration=%.3f, reason=%s',
                      slot.peer, slot.login, time.monotonic() - slot.busy_since,
-                     "killed" if slot.killed else "died")
+                     "killed" if slot.killed else "died", session=slot.session)
         if self.cfg.limits.login_delay and not self.broker.exited:
             # LOGIN-DELAY counts from here, in the broker that decides logins.
             try:
@@ -513,7 +518,7 @@ class Supervisor:
         if slot is None or slot.pidfd is None:
             return
         log.info('login refused: rip=%s, user="%s": the mailbox is in use by '
-                 'another session', slot.peer, slot.login)
+                 'another session', slot.peer, slot.login, session=slot.session)
         try:
             ipc.send(slot.sock, "SESSION_REFUSED", code="IN-USE")
         except OSError:
@@ -549,7 +554,8 @@ class Supervisor:
             elif (slot.state is SlotState.BUSY and not slot.granted
                   and now - slot.busy_since > login_limit):
                 log.warning("slot %d: login deadline passed (rip=%s); killing "
-                            "the front and the child", slot.id, slot.peer)
+                            "the front and the child", slot.id, slot.peer,
+                            session=slot.session)
                 self.kill_slot(slot)
             elif slot.granted and slot.pidfd is not None and slot.killed is None:
                 why = sessions.stall_reason(slot.pid, slot.watch, now,
@@ -596,6 +602,12 @@ class Supervisor:
         for link in [self.broker] + self.retired:
             if not link.exited:
                 link.stop()
+
+def new_session_id():
+    """Eight hex digits, random: unique enough to follow one connection
+    through one day's log, and telling nothing about the others."""
+    return secrets.token_hex(4)
+
 
 def send_signal(pidfd, sig):
     """Signal through a pidfd (never hits a recycled pid); a process that

@@ -35,6 +35,7 @@ class Slot:
     busy_since: float | None = None
     granted: bool = False
     peer: str = ""
+    session: str | None = None      # the connection's id in log lines
     # After the grant (sessions.py): who the child serves, its progress
     # samples, whether it said it logged its own end (CHILD_DONE), and why
     # the supervisor killed it, if it did.
@@ -89,11 +90,12 @@ class Pool:
         slot.state = SlotState.IDLE
         self.idle.append(slot.id)
 
-    def mark_busy(self, slot, key, peer):
+    def mark_busy(self, slot, key, peer, session):
         assert slot.state is SlotState.IDLE, slot.state
         slot.state = SlotState.BUSY
         slot.admission_key = key
         slot.peer = peer
+        slot.session = session
         slot.busy_since = time.monotonic()
 
     def child_exited(self, slot):

@@ -33,8 +33,9 @@ def is_trusted(ip, networks):
 class HeaderWait:
     """One connection whose header has not fully arrived."""
 
-    def __init__(self, conn, ip, port, listen, deadline):
+    def __init__(self, conn, ip, port, listen, deadline, session):
         self.conn, self.ip, self.port, self.listen = conn, ip, port, listen
+        self.session = session
         self.deadline = deadline
         self.buf = b""                  # what has arrived of the header
 
@@ -42,25 +43,25 @@ class HeaderWait:
 class ProxyHeaders:
     def __init__(self, sel, admit):
         self.sel = sel
-        self.admit = admit              # admit(conn, ip, port, listen) once known
+        self.admit = admit              # admit(conn, ip, port, listen, session) once known
         self.waiting = {}               # fd -> HeaderWait
 
-    def expect(self, conn, ip, port, listen, networks):
+    def expect(self, conn, ip, port, listen, networks, session):
         """A connection accepted on a proxy listener."""
         if not is_trusted(ip, networks):
             log.warning("refused: rip=%s, reason=untrusted-proxy (listener %s "
                         "expects a PROXY header; the peer is not in "
-                        "proxy_trusted_networks)", ip, listen.address)
+                        "proxy_trusted_networks)", ip, listen.address, session=session)
             admission.refuse(conn)
             return
         if len(self.waiting) >= limits.MAX_PROXY_PENDING:
             log.warning("refused: rip=%s, reason=limit (%d connections owe a "
-                        "PROXY header)", ip, len(self.waiting))
+                        "PROXY header)", ip, len(self.waiting), session=session)
             conn.close()
             return
         conn.setblocking(False)
         wait = HeaderWait(conn, ip, port, listen,
-                          time.monotonic() + limits.PROXY_HEADER_TIMEOUT)
+                          time.monotonic() + limits.PROXY_HEADER_TIMEOUT, session)
         self.waiting[conn.fileno()] = wait
         self.sel.register(conn, selectors.EVENT_READ, (self.on_readable, wait))
         self.on_readable(wait)          # it usually came with the connection
@@ -79,9 +80,10 @@ class ProxyHeaders:
         self._forget(wait)
         wait.conn.setblocking(True)
         if header.client_ip is None:    # LOCAL / UNKNOWN: the balancer itself
-            self.admit(wait.conn, wait.ip, wait.port, wait.listen)
+            self.admit(wait.conn, wait.ip, wait.port, wait.listen, wait.session)
         else:
-            self.admit(wait.conn, header.client_ip, header.client_port, wait.listen)
+            self.admit(wait.conn, header.client_ip, header.client_port, wait.listen,
+                       wait.session)
 
     def _read(self, wait):
         """The header once it is all there, else None.  What has arrived
@@ -118,7 +120,7 @@ class ProxyHeaders:
             wait.conn.close()
 
     def _drop(self, wait, reason):
-        log.warning("refused: rip=%s, reason=%s", wait.ip, reason)
+        log.warning("refused: rip=%s, reason=%s", wait.ip, reason, session=wait.session)
         self._forget(wait)
         wait.conn.close()               # nothing is sent: the peer is the balancer
 

@@ -16,6 +16,7 @@ destination: that is this module.
 """
 import os
 import socket
+import time
 import traceback
 
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
@@ -27,6 +28,14 @@ LOG_MAIL = 2
 
 def _line(text):
     return f"popd[{os.getpid()}]: {text}"
+
+
+def _timestamp():
+    """Local time to the millisecond, with its UTC offset (ISO 8601)."""
+    now = time.time()
+    zone = time.strftime("%z", time.localtime(now))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + \
+        f".{int(now % 1 * 1000):03d}{zone[:3]}:{zone[3:]}"
 
 
 class Handler:
@@ -44,11 +53,18 @@ class Handler:
 
 
 class StreamHandler(Handler):
-    """Lines on stderr (fd 2), one write each."""
+    """Lines on stderr (fd 2), one write each; with `timestamps`, each
+    starts with the local time (the init script's log file has no other)."""
+
+    def __init__(self, timestamps=False):
+        self.timestamps = timestamps
 
     def emit(self, level, text):
+        line = _line(text)
+        if self.timestamps:
+            line = f"{_timestamp()} {line}"
         try:
-            os.write(2, _line(text).encode("utf-8", "backslashreplace") + b"\n")
+            os.write(2, line.encode("utf-8", "backslashreplace") + b"\n")
         except OSError:
             pass
 
@@ -112,34 +128,42 @@ class SyslogHandler(Handler):
 
 
 class Logger:
-    """log.info("text %s", arg) and friends, formatted "popd[PID]: text"."""
+    """log.info("text %s", arg) and friends, formatted "popd[PID]: text".
+
+    A line about one connection starts with its session id in brackets,
+    "popd[PID]: [id] text", the same in every process that serves it (the
+    supervisor makes the id at accept): `session` names it per line (the
+    supervisor and the broker serve many connections), `self.session` for
+    the whole process (a slot's child, and its front through it)."""
 
     def __init__(self):
         self.level = INFO
         self.handler = StreamHandler()
+        self.session = None
 
-    def log(self, level, msg, *args, exc_info=False):
+    def log(self, level, msg, *args, exc_info=False, session=None):
         if level < self.level:
             return
         text = msg % args if args else msg
         if exc_info:
             text += "\n" + traceback.format_exc().rstrip("\n")
-        self.handler.emit(level, text)
+        session = session or self.session
+        self.handler.emit(level, f"[{session}] {text}" if session else text)
 
-    def debug(self, msg, *args):
-        self.log(DEBUG, msg, *args)
+    def debug(self, msg, *args, session=None):
+        self.log(DEBUG, msg, *args, session=session)
 
-    def info(self, msg, *args):
-        self.log(INFO, msg, *args)
+    def info(self, msg, *args, session=None):
+        self.log(INFO, msg, *args, session=session)
 
-    def warning(self, msg, *args):
-        self.log(WARNING, msg, *args)
+    def warning(self, msg, *args, session=None):
+        self.log(WARNING, msg, *args, session=session)
 
-    def error(self, msg, *args):
-        self.log(ERROR, msg, *args)
+    def error(self, msg, *args, session=None):
+        self.log(ERROR, msg, *args, session=session)
 
-    def exception(self, msg, *args):
-        self.log(ERROR, msg, *args, exc_info=True)
+    def exception(self, msg, *args, session=None):
+        self.log(ERROR, msg, *args, exc_info=True, session=session)
 
 
 log = Logger()
@@ -152,11 +176,19 @@ def setup(logging_cfg, handler=None):
         if logging_cfg.target == "syslog":
             handler = SyslogHandler(logging_cfg.syslog_address)
         else:
-            handler = StreamHandler()
+            handler = StreamHandler(stderr_timestamps(logging_cfg))
     log.handler.close()
     log.handler = handler
     log.level = _LEVELS[logging_cfg.level]
     return handler
+
+
+def stderr_timestamps(logging_cfg):
+    """logging.timestamps; unset: on, unless systemd's journal (which
+    stamps every line itself) is our stderr."""
+    if logging_cfg.timestamps is not None:
+        return logging_cfg.timestamps
+    return "JOURNAL_STREAM" not in os.environ
 
 
 def setup_silent():

@@ -85,3 +85,44 @@ def test_session_lines_carry_the_tls_version():
         end = [l for l in d.log().splitlines() if "session end:" in l][0]
         assert 'user="alice", tls=TLSv1.3 TLS_' in start and start.endswith("messages=2")
         assert "tls=TLSv1.3" in end and "retrieved=0, deleted=1" in end
+
+
+LINE = re.compile(r"(?:\S+ )?popd\[(\d+)\]: (?:\[([0-9a-f]{8})\] )?(.*)")
+
+
+def test_one_connections_lines_share_one_session_id_across_processes():
+    """Accept to session end: the broker's failure and login lines, the
+    front's (through the child) and the session's carry one id, written by
+    at least three processes; another connection has another id."""
+    with Daemon() as d:
+        d.write_mbox("alice", MBOX)
+        c = poplib.POP3(d.host, d.port, timeout=10)
+        c.user("alice")
+        with pytest.raises(poplib.error_proto):
+            c.pass_("wrong")
+        c.user("alice")
+        c.pass_(USERS["alice"][0])
+        c.retr(1)
+        c.quit()
+        other = poplib.POP3(d.host, d.port, timeout=10)
+        other.quit()
+        d.wait_for_log("session end: ")
+        d.wait_for_log("connection closed before login: ")
+        text = d.log()
+    lines = [LINE.fullmatch(line) for line in text.splitlines()]
+    ours = [m for m in lines if m and m.group(3).startswith(
+        ("auth failed: ", "login: ", "session start: ", "session end: "))]
+    assert [m.group(3).split(":")[0] for m in ours] == [
+        "auth failed", "login", "session start", "session end"], [m.group(0) for m in ours]
+    ids = {m.group(2) for m in ours}
+    assert len(ids) == 1 and None not in ids, [m.group(0) for m in ours]
+    (session,) = ids
+    writers = {m.group(1) for m in lines if m and m.group(2) == session}
+    assert len(writers) >= 2          # the broker, the slot's child (front lines too)
+    front = [m for m in lines if m and m.group(3).startswith("front: ")]
+    assert front and all(m.group(2) for m in front)
+    (closed,) = [m for m in lines if m and "connection closed before login" in m.group(3)]
+    assert closed.group(2) not in (None, session)
+    # Timestamps on stderr (not systemd's journal here).
+    assert all(re.match(r"\d{4}-\d\d-\d\dT", line) for line in text.splitlines()
+               if " popd[" in line)

@@ -212,13 +212,17 @@ def test_fail2ban_counts_the_failures_the_daemon_logged(tmp_path):
 
     # What reached the log: one line per failure, address first, the
     # client's name last, quoted and escaped.
-    lines = [line for line in log.splitlines() if line.startswith("popd[")]
+    # stderr to a file: a timestamp first (logging.timestamps, on by default there).
+    raw = [line for line in log.splitlines() if " popd[" in line]
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d popd\[", line)
+               for line in raw), raw[:3]
+    lines = [line.split(" ", 1)[1] for line in raw]
     failures = [line for line in lines if "auth failed: " in line]
     assert len(failures) == len(expected)
     for line, (address, method, reason) in zip(failures, expected):
-        assert re.fullmatch(rf'popd\[\d+\]: auth failed: rip={re.escape(address)}, '
-                            rf'method={method}, attempt=\d, reason=(?:{reason}), user="[^"]*"',
-                            line), line
+        assert re.fullmatch(rf'popd\[\d+\]: \[[0-9a-f]{{8}}\] auth failed: '
+                            rf'rip={re.escape(address)}, method={method}, attempt=\d, '
+                            rf'reason=(?:{reason}), user="[^"]*"', line), line
     assert any(r'user="x\x22, rip=203.0.113.99"' in line for line in failures)
     assert any(r'user="x\x22,rip=203.0.113.99"' in line for line in failures)
 
@@ -233,7 +237,9 @@ def test_fail2ban_counts_the_failures_the_daemon_logged(tmp_path):
     journal_log = tmp_path / "journal.log"
     journal_log.write_text("".join(f"{stamp} {host} popd[{main_pid}]: {line}\n"
                                    for line in lines))
-    for logfile in (mail_log, journal_log):
+    stderr_log = tmp_path / "popd.log"
+    stderr_log.write_text("".join(line + "\n" for line in raw))
+    for logfile in (mail_log, journal_log, stderr_log):
         ips = fail2ban_ips(logfile)
         assert ips == [address for address, _, _ in expected], logfile.read_text()
         assert INJECTED_HOST not in ips

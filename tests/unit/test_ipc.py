@@ -20,7 +20,7 @@ def test_round_trip_with_fd():
     a, b = ipc.socketpair()
     r, w = os.pipe()
     ipc.send(a, "CONNECTION", fds=[r], peer_ip="192.0.2.1", peer_port=110,
-             listener="127.0.0.1:110", tls="none")
+             listener="127.0.0.1:110", tls="none", session="0123abcd")
     msg = ipc.recv(b, Channel.SUPERVISOR_CHILD, Role.CHILD, ChildState.IDLE)
     assert msg.name == "CONNECTION" and msg.peer_ip == "192.0.2.1" and msg.peer_port == 110
     assert len(msg.fds) == 1
@@ -121,7 +121,7 @@ def test_a_once_message_is_refused_the_second_time_on_that_channel_end():
         assert ipc.recv(other_b, Channel.SUPERVISOR_CHILD, Role.SUPERVISOR,
                         SlotState.STARTING).front_pid == 9
         for _ in range(3):
-            ipc.send(a, "CHANNEL_BIND", slot=1, peer_ip="192.0.2.1")
+            ipc.send(a, "CHANNEL_BIND", slot=1, peer_ip="192.0.2.1", session="0123abcd")
             assert ipc.recv(b, Channel.SUPERVISOR_BROKER, Role.BROKER).slot == 1
     finally:
         for s in (a, b, other_a, other_b):
@@ -173,7 +173,7 @@ def test_a_message_outside_its_states_is_refused_and_its_fds_closed():
             ipc.recv(b, Channel.BROKER_FRONT, Role.BROKER, ChannelState.BOUND)
         # A busy child takes no second client: the socket it carried is closed.
         ipc.send(a, "CONNECTION", fds=[r], peer_ip="192.0.2.1", peer_port=110,
-                 listener="127.0.0.1:110", tls="none")
+                 listener="127.0.0.1:110", tls="none", session="0123abcd")
         before = set(os.listdir("/proc/self/fd"))
         with pytest.raises(ipc.Violation, match="CONNECTION in state busy"):
             ipc.recv(b, Channel.SUPERVISOR_CHILD, Role.CHILD, ChildState.BUSY)

@@ -132,7 +132,7 @@ class Reads:
         self.listen = types.SimpleNamespace(address="127.0.0.1", port=110)
 
     def expect(self, ip="127.0.0.1", networks=(ipaddress.ip_network("127.0.0.0/8"),)):
-        self.headers.expect(self.server, ip, 5555, self.listen, networks)
+        self.headers.expect(self.server, ip, 5555, self.listen, networks, "0123abcd")
 
     def pump(self):
         for key, _ in self.sel.select(0):
@@ -160,8 +160,8 @@ def test_the_header_is_consumed_exactly_and_client_bytes_stay_queued():
     assert r.sel.select(0) == [] and not r.admitted
     r.balancer.sendall(header[30:] + b"CAPA\r\n")
     r.pump()
-    (conn, ip, port, _), = r.admitted
-    assert (ip, port) == ("192.0.2.7", 40000) and not r.headers.waiting
+    (conn, ip, port, _, session), = r.admitted
+    assert (ip, port, session) == ("192.0.2.7", 40000, "0123abcd") and not r.headers.waiting
     assert conn.recv(100) == b"CAPA\r\n"
 
 
@@ -169,7 +169,7 @@ def test_v2_with_pipelined_bytes_and_local_keeps_the_balancer_address():
     r = Reads()
     r.balancer.sendall(v2(command=0) + b"USER x\r\n")
     r.expect()
-    (conn, ip, port, _), = r.admitted
+    (conn, ip, port, _, _), = r.admitted
     assert (ip, port) == ("127.0.0.1", 5555)
     assert conn.recv(100) == b"USER x\r\n"
 
