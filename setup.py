@@ -36,6 +36,8 @@ setup(
     extras_require={
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3",
                  "hypothesis>=6.100", "trustme>=1.2,<2",
+                 # its OpenMetrics parser reads `popd ctl metrics` in the tests
+                 "prometheus_client>=0.17",
                  # 3.0.0 is the last atheris with cp311 wheels (3.1.0 has
                  # cp312+ only); tests/unit/test_fuzz_short.py skips without it.
                  'atheris==3.0.0; python_version < "3.12"'],

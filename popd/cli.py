@@ -18,7 +18,9 @@ from popd.unix import logsetup, proctitle
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
-        prog="popd", description="Privilege-separated POP3 server for mbox spools.")
+        prog="popd", description="Privilege-separated POP3 server for mbox spools.",
+        epilog="popd ctl status|who|stats|metrics|kick ...: ask the running server "
+               "(popd(8), CONTROL).")
     p.add_argument("-c", "--config", default=config.DEFAULT_PATH, metavar="FILE",
                    help=f"configuration file (default {config.DEFAULT_PATH})")
     p.add_argument("-f", "--foreground", action="store_true",
@@ -32,7 +34,11 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ctl"]:
+        from popd import ctl          # the admin's client: not part of the daemon's image
+        return ctl.main(argv[1:])
+    args = parse_args(argv)
     # Absolute: the daemon works in "/", and SIGHUP reads the file again.
     path = os.path.abspath(args.config)
     try:

@@ -332,6 +332,10 @@ KEYS = [
         "on such a listener is refused unread.  The header's client address "
         "then drives the per-address caps, the guessing delays, the logs and "
         "the process titles.  See popd(8), \"Behind a load balancer\"."),
+    Key("control_group", optional(group_id), None,
+        "Group whose members may use popd ctl (the control socket popd.ctl "
+        "beside the pid file becomes 0660 root:this group).  Unset: root "
+        "only (0600).", False),
     Key("user", user_id, "popd",
         "Children run as this user until they become the mailbox owner.", False),
     Key("group", group_id, "popd", "Group of the children before login.", False),

@@ -40,7 +40,8 @@ One login, every frame in order (USER/PASS and AUTH PLAIN alike):
      12 front       broker      LOGIN_DONE       only now does the success count
      13 front       child       HANDOVER (fd)    the client or the TLS pipe, pipelined bytes
         ... the session ...
-     14 child       supervisor  CHILD_DONE
+        (child -> supervisor: SESSION_STARTED, then SESSION_PROGRESS)
+     14 child       supervisor  CHILD_DONE       with the session's final counts
      15 supervisor  broker      SESSION_ENDED    limits.login_delay counts from here
 
 A wrong password gets AUTH_FAIL (broker -> front) in place of 7 to 13.
@@ -64,6 +65,7 @@ VERSION = 1
 _HEADER = struct.Struct("!BBH")
 _FIELD_LEN = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
 
 
 class Channel(enum.Enum):
@@ -94,8 +96,10 @@ class Closed(Exception):
     the same; either way the channel is finished)."""
 
 
-# Field kinds: ("u32",) or ("str", max_bytes) or ("bytes", max_bytes).
+# Field kinds: ("u32",), ("u64",), ("str", max_bytes) or ("bytes", max_bytes).
 U32 = ("u32",)
+U64 = ("u64",)
+_INTS = {"u32": _U32, "u64": _U64}
 
 
 def STR(n):
@@ -148,8 +152,16 @@ MESSAGES = [
     # granted child that exits without it was killed (or crashed), and the
     # supervisor logs the session's end for it.  It may come before the
     # broker's GRANTED is read: the slot is busy either way.
-    Spec("CHILD_DONE", 0x13, _C.SUPERVISOR_CHILD, _R.CHILD, (), states=("busy",),
+    Spec("CHILD_DONE", 0x13, _C.SUPERVISOR_CHILD, _R.CHILD,
+         (("bytes_sent", U64), ("retrieved", U32), ("deleted", U32)), states=("busy",),
          once=True),
+    # The session has begun (the child serves the client; SIGUSR1 now ends
+    # it as a kick), and how it goes, at most once a second: for `popd ctl
+    # who` and the counters; the supervisor trusts these for nothing else.
+    Spec("SESSION_STARTED", 0x15, _C.SUPERVISOR_CHILD, _R.CHILD, (("tls", STR(120)),),
+         states=("busy",), once=True),
+    Spec("SESSION_PROGRESS", 0x17, _C.SUPERVISOR_CHILD, _R.CHILD,
+         (("bytes_sent", U64), ("retrieved", U32), ("deleted", U32)), states=("busy",)),
     # supervisor <-> spawner: fork a slot whose child gets these channel
     # ends (supervisor, front-broker, child-broker); the answer carries the
     # child's pidfd.
@@ -169,6 +181,12 @@ MESSAGES = [
     # a granted session's child is gone: limits.login_delay counts from now
     Spec("SESSION_ENDED", 0x34, _C.SUPERVISOR_BROKER, _R.SUPERVISOR,
          (("login", STR(limits.MAX_LOGIN)),), states=ANY),
+    # The broker's counters since it started, at most once a second when
+    # they moved (`popd ctl stats`, metrics).
+    Spec("BROKER_STATS", 0x35, _C.SUPERVISOR_BROKER, _R.BROKER,
+         (("queued", U32), ("workers", U32), ("ok_pass", U64), ("ok_plain", U64),
+          ("failed_pass", U64), ("failed_plain", U64), ("delayed", U64),
+          ("delay_ms", U64)), states=("ready",)),
     Spec("GRANTED", 0x33, _C.SUPERVISOR_BROKER, _R.BROKER,
          (("slot", U32), ("uid", U32), ("gid", U32),
           ("login", STR(limits.MAX_LOGIN)), ("mbox", STR(1024))), states=("ready",)),
@@ -262,13 +280,13 @@ def encode(name, **values):
     body = bytearray()
     for fname, kind in spec.fields:
         v = values[fname]
-        if kind[0] == "u32":
-            raw = _U32.pack(v)
+        if kind[0] in _INTS:
+            raw = _INTS[kind[0]].pack(v)
         elif kind[0] == "str":
             raw = v.encode("utf-8")
         else:
             raw = bytes(v)
-        if kind[0] != "u32" and len(raw) > kind[1]:
+        if kind[0] not in _INTS and len(raw) > kind[1]:
             raise ValueError(f"{name}.{fname}: {len(raw)} bytes > {kind[1]}")
         body += _FIELD_LEN.pack(len(raw)) + raw
     if set(values) != {f for f, _ in spec.fields}:
@@ -356,10 +374,11 @@ def decode(data, channel, receiver):
             raise Violation(f"{spec.name}.{fname} runs past the frame")
         raw = data[pos:pos + n]
         pos += n
-        if kind[0] == "u32":
-            if n != 4:
-                raise Violation(f"{spec.name}.{fname}: u32 of {n} bytes")
-            fields[fname] = _U32.unpack(raw)[0]
+        if kind[0] in _INTS:
+            shape = _INTS[kind[0]]
+            if n != shape.size:
+                raise Violation(f"{spec.name}.{fname}: {kind[0]} of {n} bytes")
+            fields[fname] = shape.unpack(raw)[0]
             continue
         if n > kind[1]:
             raise Violation(f"{spec.name}.{fname}: {n} bytes > {kind[1]}")

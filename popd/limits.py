@@ -30,6 +30,19 @@ REFUSAL_LINE = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
 # bounded so a burst cannot grow the supervisor's memory.
 MAX_PENDING_CONNECTIONS = 256
 
+# A session tells the supervisor how it goes (bytes sent, RETRs, DELEs, for
+# `popd ctl who` and the counters) at most this often, in seconds: one
+# datagram a second whatever a client pipelines.  The broker's counters
+# go up at the same pace.
+PROGRESS_INTERVAL = 1.0
+
+# The control socket (supervisor/control.py): a request is one short line,
+# a few callers at a time, each answered or dropped within a few seconds,
+# so `popd ctl` can never tie up the supervisor's loop.
+CONTROL_REQUEST_MAX = 256
+MAX_CONTROL_CLIENTS = 8
+CONTROL_TIMEOUT = 5.0
+
 # PROXY protocol (listen[].proxy, supervisor/proxy_header.py).  The header
 # comes from the operator's balancer, but root reads it, so it is bounded
 # like anything else: the spec's receive buffer (a v1 line is at most 107

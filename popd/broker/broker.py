@@ -186,6 +186,12 @@ class Broker:
         # old session's process is still exiting.
         self.in_session = collections.Counter()
         self.seq = 0
+        # Counters for `popd ctl stats`, sent to the supervisor (BROKER_STATS)
+        # at most every limits.PROGRESS_INTERVAL once they have moved.
+        self.counts = dict.fromkeys(("ok_pass", "ok_plain", "failed_pass", "failed_plain",
+                                     "delayed", "delay_ms"), 0)
+        self.counts_due = None
+        self.sent_queue = 0
 
     # -- workers -------------------------------------------------------------
     def spawn_worker(self):
@@ -279,7 +285,9 @@ class Broker:
     # -- the loop ------------------------------------------------------------
     def run(self):
         while True:
-            timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else None
+            due = [t for t in (self.timers[0][0] if self.timers else None,
+                               self.counts_due) if t is not None]
+            timeout = max(0.0, min(due) - time.monotonic()) if due else None
             events = self.sel.select(timeout)
             # The supervisor first: a CHANNEL_BIND always precedes the
             # front's first request, and must be seen before it.
@@ -300,6 +308,24 @@ class Broker:
             while self.timers and self.timers[0][0] <= now:
                 _, _, job, good = heapq.heappop(self.timers)
                 self.finish(job, good)
+            if self.queue.size != self.sent_queue:
+                self.count("delayed", 0)        # the queue's depth moved: report it
+            if self.counts_due is not None and now >= self.counts_due:
+                self.send_counts()
+
+    def count(self, name, amount=1):
+        self.counts[name] += amount
+        if self.counts_due is None:
+            self.counts_due = time.monotonic() + limits.PROGRESS_INTERVAL
+
+    def send_counts(self):
+        self.counts_due = None
+        try:
+            ipc.send(self.sup, "BROKER_STATS", queued=self.queue.size,
+                     workers=len(self.workers), **self.counts)
+            self.sent_queue = self.queue.size
+        except OSError:
+            pass                    # a full channel: the next change sends them again
 
     # -- supervisor ----------------------------------------------------------
     def read_supervisor(self):
@@ -415,6 +441,9 @@ class Broker:
         due = job.due
         if good:
             due = min(due, job.arrived + self.cfg.limits.auth_delay_max_success)
+        if due - job.arrived >= 0.001:
+            self.count("delayed")
+            self.count("delay_ms", int((due - job.arrived) * 1000))
         self.seq += 1
         heapq.heappush(self.timers, (due, self.seq, job, good))
 
@@ -459,6 +488,7 @@ class Broker:
         log.warning('auth failed: rip=%s, method=%s, attempt=%d, reason=%s, '
                     'user="%s"', chan.peer_ip, job.method, chan.failures, reason,
                     sanitize(job.login, 64), session=chan.session)
+        self.count("failed_plain" if job.method == "PLAIN" else "failed_pass")
         final = chan.failures >= self.cfg.limits.max_auth_failures
         self.send_front(chan, "AUTH_FAIL", code="AUTH", final=int(final))
         if final:
@@ -490,6 +520,7 @@ class Broker:
         chan.login = job.login
         if self.cfg.limits.login_delay:
             self.in_session[job.login] += 1   # until the supervisor's SESSION_ENDED
+        self.count("ok_plain" if job.method == "PLAIN" else "ok_pass")
         log.info('login: rip=%s, method=%s, queued=%.3f, user="%s", uid=%d',
                  chan.peer_ip, job.method, job.queued, sanitize(job.login, 64),
                  entry.uid, session=chan.session)

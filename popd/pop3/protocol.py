@@ -219,6 +219,7 @@ class Session:
                     self.bad(ERR_UNKNOWN)       # declared, not offered here
                     continue
                 handler(*args)
+                self.after_command()
         except Closing as e:
             self.flush_quietly()
             return str(e) or "closed"
@@ -228,6 +229,9 @@ class Session:
             return "line too long"
         except Disconnected:
             return "disconnected"
+
+    def after_command(self):
+        """Called after each command a handler answered."""
 
     def bad(self, text):
         """An -ERR that spends the bad-command budget."""

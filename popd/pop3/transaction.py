@@ -10,6 +10,7 @@ or a timeout deletes nothing.
 """
 import time
 
+from popd import limits
 from popd.mail import mbox
 from popd.mail.maildrop import MailboxError
 from popd.pop3.protocol import (SESSION_CAPABILITIES, TERMINATOR, Closing, Session, State,
@@ -39,9 +40,19 @@ class ChildSession(Session):
         self.bytes_sent = 0
         self.removed = 0
         self.expired = 0
+        # report(session): told how the session goes, at most every
+        # limits.PROGRESS_INTERVAL (child.py passes it to the supervisor).
+        self.report = None
+        self.next_report = 0.0
 
     def deadline(self):
         return time.monotonic() + self.idle_timeout
+
+    def after_command(self):
+        now = time.monotonic()
+        if self.report is not None and now >= self.next_report:
+            self.next_report = now + limits.PROGRESS_INTERVAL
+            self.report(self)
 
     def write_timeout(self):
         return self.idle_timeout

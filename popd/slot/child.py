@@ -30,6 +30,7 @@ import time
 from popd import config, ipc, limits, mailpath
 from popd.ipc import Channel, Role
 from popd.mail.maildrop import MailboxError, Maildrop
+from popd.pop3.protocol import State
 from popd.pop3.transaction import ChildSession
 from popd.slot import front, lock_helper
 from popd.unix import logsetup, privileges, process, proctitle
@@ -59,6 +60,7 @@ class Child:
         self.lock_helper = None
         self.grant = None
         self.granted = False
+        self.session = None
 
     def expect(self, *states):
         assert self.state in states, f"child in state {self.state}"
@@ -232,13 +234,46 @@ class Child:
         log.info('session start: rip=%s, user="%s", tls=%s, messages=%d',
                  self.peer_ip, user, logsetup.sanitize(tls, 120), len(drop.index))
         session = ChildSession(sock, self.cfg, drop, leftover)
-        outcome = session.serve()
+        self.session = session
+        session.report = self.report_progress
+        # A kick (`popd ctl kick`: the supervisor's SIGUSR1) ends the session
+        # like a dropped connection, unless its QUIT update has begun.
+        try:
+            signal.signal(signal.SIGUSR1, lambda signum, frame: self.kicked(session))
+            ipc.send(self.sup, "SESSION_STARTED", tls=tls[:120])
+            outcome = session.serve()
+        except Kicked:
+            outcome = "kicked"
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         session.close()
         drop.close()
         log.info('session end: rip=%s, user="%s", tls=%s, retrieved=%d, deleted=%d, '
                  'expired=%d, bytes=%d, duration=%.3f, reason=%s', self.peer_ip, user,
                  logsetup.sanitize(tls, 120), len(session.retrieved), session.removed,
                  session.expired, session.bytes_sent, time.monotonic() - started, outcome)
+
+
+    def kicked(self, session):
+        if session.state is not State.UPDATE:
+            raise Kicked()
+
+    def report_progress(self, session):
+        try:
+            ipc.send(self.sup, "SESSION_PROGRESS", bytes_sent=session.bytes_sent,
+                     retrieved=len(session.retrieved), deleted=len(session.deleted))
+        except OSError:
+            pass                # the supervisor is gone or busy: only a figure lost
+
+    def final_counts(self):
+        session = self.session
+        if session is None:
+            return {"bytes_sent": 0, "retrieved": 0, "deleted": 0}
+        return {"bytes_sent": session.bytes_sent, "retrieved": len(session.retrieved),
+                "deleted": session.removed + session.expired}
+
+
+class Kicked(Exception):
+    """The supervisor asked this session to end (SIGUSR1)."""
 
 
 def run(cfg, slot, sup_sock, front_broker, child_broker):
@@ -258,7 +293,7 @@ def run(cfg, slot, sup_sock, front_broker, child_broker):
                 # Whatever ended it has been logged: the supervisor need
                 # not log this session's end for us.
                 try:
-                    ipc.send(sup_sock, "CHILD_DONE")
+                    ipc.send(sup_sock, "CHILD_DONE", **child.final_counts())
                 except OSError:
                     pass
     except ipc.Closed as e:

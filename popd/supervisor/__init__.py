@@ -12,6 +12,9 @@ reads the balancer's PROXY header, from trusted peers only:
 - proxied.py         proxy listeners: the trusted-peer check, the header's
                      bounded non-blocking read, then admission
 - proxy_header.py    the PROXY v1/v2 header parser (pure, fuzzed)
+- control.py         the control socket: peer check, request vocabulary,
+                     non-blocking answers for popd ctl
+- stats.py           the counters, and the status/who/stats/metrics answers
 - pool.py            slot records: idle/busy, spawn pacing, crash back-off
 - sessions.py        one session per maildrop; stopped or stalled sessions
 - spawner.py         the spawner process (root), which forks the slots

@@ -29,6 +29,10 @@ class Admission:
         self.total += 1
         return key
 
+    def refusal_reason(self, ip):
+        """Why admit(ip) said no: "limit" (max_children) or "per-ip"."""
+        return "limit" if self.total >= self.max_children else "per-ip"
+
     def release(self, key):
         count = self.per_key[key] - 1
         if count:

@@ -28,6 +28,7 @@ class BrokerLink:
     def __init__(self, pid, pidfd, sock):
         self.pid, self.pidfd, self.sock = pid, pidfd, sock
         self.state = LinkState.STARTING
+        self.counts = {}               # its last BROKER_STATS (stats.py)
         self.slots = 0                 # live slots whose channels it holds
         self.retired = False
         self.exited = False

@@ -20,8 +20,9 @@ session child (sessions.py), logging its `session end` line for it.
 """
 import collections
 import gc
+import ipaddress
+import json
 import os
-import secrets
 import select
 import selectors
 import signal
@@ -32,11 +33,12 @@ from typing import NamedTuple
 from popd import ipc, limits
 from popd.config import service_ids
 from popd.ipc import Channel, Role
-from popd.supervisor import (admission, listeners, reload, sessions, startup_checks,
-                             trusted_files)
+from popd.supervisor import (admission, control, listeners, reload, sessions, startup_checks,
+                             stats, trusted_files)
 from popd.supervisor.broker_link import BrokerLink, BrokerStartError
 from popd.supervisor.pool import Pool, Slot, SlotState
 from popd.supervisor.proxied import ProxyHeaders
+from popd.supervisor.stats import Stats
 from popd.supervisor.spawner import SpawnerError, SpawnerLink
 from popd.supervisor.startup_checks import StartupError
 from popd.unix import privileges, process, proctitle, seccomp, tls
@@ -77,7 +79,9 @@ class Supervisor:
         self.spawner = None                 # SpawnerLink: forks the slots
         self.spawn_due = None               # when missing spares are forked
         self.maildrops = sessions.Maildrops()  # who holds which mailbox
-        self.proxied = ProxyHeaders(self.sel, self.admit_and_dispatch)
+        self.stats = Stats()
+        self.proxied = ProxyHeaders(self.sel, self.admit_and_dispatch, self.stats.refused)
+        self.control = None                 # the control socket (control.py)
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -94,6 +98,15 @@ class Supervisor:
         self.spawner = SpawnerLink.start(self.cfg)
         for listen, sock in self.sockets:
             self.sel.register(sock, selectors.EVENT_READ, (self.on_accept, listen))
+        self.control = control.ControlServer(control.socket_path(self.cfg),
+                                             self.cfg.control_group, self.sel,
+                                             self.answer_control)
+        try:
+            self.control.open()
+        except OSError as e:
+            self.broker.stop()
+            raise StartupError(f"control socket {self.control.path}: "
+                               f"{e.strerror or e}") from None
         if self.cfg.mail.dotlock_group is None:
             log.info("mail.dotlock_group is not set: mailboxes are dot-locked "
                      "only where their owner may create <mbox>.lock; fcntl "
@@ -148,6 +161,7 @@ class Supervisor:
             # crash) are re-parented here as zombies, with no pidfd event
             # left to wake a reap: collect them every turn.
             self.reap()
+        self.control.close()
         self.spawner.wait()
         self.stop_brokers()
         # A front forked moments before the stop (its slot still starting)
@@ -208,6 +222,7 @@ class Supervisor:
             except OSError as e:               # EMFILE and friends: log, go on
                 log.error("accept on %s: %s", listeners.label(listen), e.strerror)
                 break
+            self.stats.connections += 1
             session = new_session_id()
             if listen.proxy:
                 # The client's address comes from the balancer's header.
@@ -223,7 +238,9 @@ class Supervisor:
         if key is None or len(self.pending) >= limits.MAX_PENDING_CONNECTIONS:
             if key is not None:
                 self.admission.release(key)
-            log.info("refused: rip=%s, reason=limit", ip, session=session)
+            reason = self.admission.refusal_reason(ip) if key is None else "limit"
+            self.stats.refused[reason] += 1
+            log.info("refused: rip=%s, reason=%s", ip, reason, session=session)
             admission.refuse(conn)
             return
         self.pending.append(Waiting(conn, ip, port, listen, key, time.monotonic(), session))
@@ -232,7 +249,8 @@ class Supervisor:
         self.admit(conn, ip, port, listen, session)
         self.dispatch_pending()
 
-    def refuse_waiting(self, waiting):
+    def refuse_waiting(self, waiting, reason):
+        self.stats.refused[reason] += 1
         admission.refuse(waiting.conn)
         self.admission.release(waiting.key)
 
@@ -256,6 +274,7 @@ class Supervisor:
                 continue
             waiting.conn.close()
             self.pool.mark_busy(slot, waiting.key, waiting.ip, waiting.session)
+            slot.accepted, slot.listener_tls = waiting.since, waiting.listen.tls
 
     # -- slots -----------------------------------------------------------------
     def spawn_slots(self):
@@ -335,6 +354,15 @@ class Supervisor:
 
     def answer_child_done(self, slot, msg):
         slot.done = True
+        self.stats.session_done(msg)
+
+    def answer_session_started(self, slot, msg):
+        slot.tls = msg.tls
+        self.stats.sessions += 1
+
+    def answer_session_progress(self, slot, msg):
+        slot.bytes_sent, slot.retrieved, slot.deleted = (msg.bytes_sent, msg.retrieved,
+                                                         msg.deleted)
 
     def answer_slot_ready(self, slot, msg):
         if not self.adopt_front(slot, msg.front_pid):
@@ -348,7 +376,9 @@ class Supervisor:
     # What a child may send; ipc.MESSAGES declares the slot state each is
     # accepted in (SLOT_READY: starting; CHILD_DONE: busy) and that each
     # comes once, and recv() refuses the rest: the slot is killed.
-    SLOT_MESSAGES = {"SLOT_READY": answer_slot_ready, "CHILD_DONE": answer_child_done}
+    SLOT_MESSAGES = {"SLOT_READY": answer_slot_ready, "CHILD_DONE": answer_child_done,
+                     "SESSION_STARTED": answer_session_started,
+                     "SESSION_PROGRESS": answer_session_progress}
 
     def adopt_front(self, slot, pid):
         """Follow the front through a pidfd, after checking that the pid
@@ -472,7 +502,10 @@ class Supervisor:
             log.error("auth broker channel: %s", e)
             self.sel.unregister(link.sock)
             return
-        self.answer_granted(link, msg)     # the one message a ready broker sends
+        self.BROKER_MESSAGES[msg.name](self, link, msg)
+
+    def answer_broker_stats(self, link, msg):
+        link.counts = dict(msg.fields)
 
     def answer_granted(self, link, msg):
         slot = self.pool.slots.get(msg.slot)
@@ -481,6 +514,7 @@ class Supervisor:
             log.warning("unexpected %s from the broker", msg.name)
             return
         slot.granted = True
+        self.stats.login(time.monotonic() - slot.accepted)
         slot.login = sanitize(msg.login, 64)
         slot.granted_login = msg.login
         slot.uid = msg.uid
@@ -524,11 +558,15 @@ class Supervisor:
         except OSError:
             self.kill_slot(slot, "did not take its refusal")
 
+    # What a ready broker sends (ipc.MESSAGES: states "ready").
+    BROKER_MESSAGES = {"GRANTED": answer_granted, "BROKER_STATS": answer_broker_stats}
+
     def on_broker_exit(self, link):
         self.sel.unregister(link.pidfd)
         if link.sock.fileno() >= 0 and link.sock in self.sel.get_map():
             self.sel.unregister(link.sock)     # on_broker may have, at end of channel
         link.exited = True
+        self.stats.broker_exited(link)
         self.reap()
         if link is not self.broker:
             self.retired.remove(link)      # a retired broker finished
@@ -539,10 +577,40 @@ class Supervisor:
         self.exit_code = 1
         self.begin_stop()
 
+    # -- popd ctl ----------------------------------------------------------------
+    def answer_control(self, request):
+        """The answer to one control request (control.py's vocabulary)."""
+        if request[0] == "metrics":
+            return stats.metrics_text(self).encode()
+        if request[0] == "kick":
+            result = self.kick(request[1], request[2])
+        else:
+            result = {"status": stats.status, "who": stats.who,
+                      "stats": stats.counters}[request[0]](self)
+        return (json.dumps(result, indent=1) + "\n").encode()
+
+    def kick(self, kind, value):
+        """End the matching sessions as if their connections dropped: the
+        child's SIGUSR1 handler gives up without an update (unless its
+        QUIT's update has begun) and logs reason=kicked."""
+        kicked = []
+        for slot in self.pool.slots.values():
+            if slot.tls is None or slot.pidfd is None or slot.done:
+                continue                    # not (or no longer) in a session
+            if ((kind == "user" and slot.granted_login == value)
+                    or (kind == "address" and str(ipaddress.ip_address(slot.peer)) == value)
+                    or (kind == "pid" and slot.pid == value)):
+                send_signal(slot.pidfd, signal.SIGUSR1)
+                kicked.append({"session": slot.session, "pid": slot.pid,
+                               "user": slot.login, "address": slot.peer})
+        log.info("kick %s %s: %d session(s)", kind, sanitize(str(value), 64), len(kicked))
+        return {"kicked": kicked}
+
     # -- deadlines and stopping ----------------------------------------------------
     def enforce_deadlines(self):
         now = time.monotonic()
         self.proxied.expire(now)
+        self.control.expire(now)
         # Until the grant only the front is at work, and it must end its
         # client at the login deadline; a front that does not is killed a
         # little later.  After the grant the child bounds the rest.
@@ -556,11 +624,13 @@ class Supervisor:
                 log.warning("slot %d: login deadline passed (rip=%s); killing "
                             "the front and the child", slot.id, slot.peer,
                             session=slot.session)
+                self.stats.killed["login-deadline"] += 1
                 self.kill_slot(slot)
             elif slot.granted and slot.pidfd is not None and slot.killed is None:
                 why = sessions.stall_reason(slot.pid, slot.watch, now,
                                             self.cfg.limits.idle_timeout)
                 if why:
+                    self.stats.killed["stopped" if why.startswith("stopped") else "stalled"] += 1
                     self.kill_slot(slot, why)
         for sid in self.maildrops.expired_waits(now):
             self.refuse_session(self.pool.slots.get(sid))
@@ -574,9 +644,11 @@ class Supervisor:
                 send_signal(slot.front_pidfd, signal.SIGKILL)
                 del self.draining[sid]
         while self.pending and now - self.pending[0].since > self.cfg.limits.login_deadline:
-            self.refuse_waiting(self.pending.popleft())
+            self.refuse_waiting(self.pending.popleft(), "limit")
         if self.stopping and now >= self.stop_deadline:
             for slot in self.pool.slots.values():
+                if slot.granted and slot.pidfd is not None and slot.killed is None:
+                    self.stats.killed["shutdown-grace"] += 1
                 self.kill_slot(slot, "outlived the shutdown grace")
 
     def begin_stop(self):
@@ -593,7 +665,7 @@ class Supervisor:
         self.sockets = []
         self.proxied.close_all()
         while self.pending:
-            self.refuse_waiting(self.pending.popleft())
+            self.refuse_waiting(self.pending.popleft(), "shutdown")
         for slot in self.pool.slots.values():
             if slot.state in (SlotState.STARTING, SlotState.IDLE):
                 self.kill_slot(slot)
@@ -605,8 +677,10 @@ class Supervisor:
 
 def new_session_id():
     """Eight hex digits, random: unique enough to follow one connection
-    through one day's log, and telling nothing about the others."""
-    return secrets.token_hex(4)
+    through one day's log, and telling nothing about the others.  (Not
+    the secrets module: it imports random, which test_image.py keeps out
+    of the image every slot is forked from.)"""
+    return os.urandom(4).hex()
 
 
 def send_signal(pidfd, sig):

@@ -36,6 +36,14 @@ class Slot:
     granted: bool = False
     peer: str = ""
     session: str | None = None      # the connection's id in log lines
+    # For `popd ctl who` and the counters (stats.py): the listener's TLS
+    # mode, when it was accepted, and what the session reported.
+    listener_tls: str = ""
+    accepted: float | None = None
+    tls: str | None = None          # set by SESSION_STARTED
+    bytes_sent: int = 0
+    retrieved: int = 0
+    deleted: int = 0
     # After the grant (sessions.py): who the child serves, its progress
     # samples, whether it said it logged its own end (CHILD_DONE), and why
     # the supervisor killed it, if it did.

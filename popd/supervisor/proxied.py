@@ -41,8 +41,9 @@ class HeaderWait:
 
 
 class ProxyHeaders:
-    def __init__(self, sel, admit):
+    def __init__(self, sel, admit, refused):
         self.sel = sel
+        self.refused = refused          # Counter of refusals by reason (stats.py)
         self.admit = admit              # admit(conn, ip, port, listen, session) once known
         self.waiting = {}               # fd -> HeaderWait
 
@@ -52,9 +53,11 @@ class ProxyHeaders:
             log.warning("refused: rip=%s, reason=untrusted-proxy (listener %s "
                         "expects a PROXY header; the peer is not in "
                         "proxy_trusted_networks)", ip, listen.address, session=session)
+            self.refused["untrusted-proxy"] += 1
             admission.refuse(conn)
             return
         if len(self.waiting) >= limits.MAX_PROXY_PENDING:
+            self.refused["limit"] += 1
             log.warning("refused: rip=%s, reason=limit (%d connections owe a "
                         "PROXY header)", ip, len(self.waiting), session=session)
             conn.close()
@@ -70,10 +73,10 @@ class ProxyHeaders:
         try:
             header = self._read(wait)
         except proxy_header.ProxyHeaderError as e:
-            self._drop(wait, f"bad-proxy-header ({e})")
+            self._drop(wait, str(e))
             return
         except (OSError, EOFError):
-            self._drop(wait, "closed before its PROXY header")
+            self._drop(wait, "closed before its header")
             return
         if header is None:
             return                      # more to come
@@ -112,15 +115,17 @@ class ProxyHeaders:
 
     def expire(self, now):
         for wait in [w for w in self.waiting.values() if w.deadline <= now]:
-            self._drop(wait, "no PROXY header in time")
+            self._drop(wait, f"no header in {limits.PROXY_HEADER_TIMEOUT:.0f} s")
 
     def close_all(self):
         for wait in list(self.waiting.values()):
             self._forget(wait)
             wait.conn.close()
 
-    def _drop(self, wait, reason):
-        log.warning("refused: rip=%s, reason=%s", wait.ip, reason, session=wait.session)
+    def _drop(self, wait, detail):
+        self.refused["bad-proxy-header"] += 1
+        log.warning("refused: rip=%s, reason=bad-proxy-header (%s)", wait.ip, detail,
+                    session=wait.session)
         self._forget(wait)
         wait.conn.close()               # nothing is sent: the peer is the balancer
 

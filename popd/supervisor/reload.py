@@ -26,6 +26,7 @@ def reload(sup):
     if link is None:
         return
     sup.cfg = new
+    sup.stats.reloads += 1
     apply_logging(new)
     sup.admission.max_children = new.limits.max_children
     sup.admission.max_per_ip = new.limits.max_per_ip

@@ -95,7 +95,7 @@ def test_clients_behind_haproxy_are_logged_and_capped_by_their_own_address(clust
         for s in held:
             s.close()
     a.wait_for_log("connection closed before login: rip=127.0.0.3")
-    assert "refused: rip=127.0.0.2, reason=limit" in a.log()
+    assert "refused: rip=127.0.0.2, reason=per-ip" in a.log()
 
 
 def test_a_spoofed_proxy_header_from_an_untrusted_peer_is_refused(cluster):

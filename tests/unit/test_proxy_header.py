@@ -1,5 +1,6 @@
 """The PROXY protocol header parser (root's one parser) and the
 supervisor's reads of it: exact consumption, bounds, slow balancers."""
+import collections
 import ipaddress
 import selectors
 import socket
@@ -127,7 +128,9 @@ class Reads:
     def __init__(self):
         self.sel = selectors.DefaultSelector()
         self.admitted = []
-        self.headers = proxied.ProxyHeaders(self.sel, lambda *a: self.admitted.append(a))
+        self.refused = collections.Counter()
+        self.headers = proxied.ProxyHeaders(self.sel, lambda *a: self.admitted.append(a),
+                                            self.refused)
         self.server, self.balancer = socket.socketpair()
         self.listen = types.SimpleNamespace(address="127.0.0.1", port=110)
 
