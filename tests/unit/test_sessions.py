@@ -41,13 +41,13 @@ def test_a_stopped_process_is_named_after_the_grace_and_an_idle_one_after_its_ti
         w = sessions.Watch(now)
         assert sessions.stall_reason(p.pid, w, now, 600) is None
         os.kill(p.pid, signal.SIGSTOP)
-        time.sleep(0.2)
+        settle(p.pid, "T")
         t = now + limits.SESSION_WATCH_INTERVAL
         assert sessions.stall_reason(p.pid, w, t, 600) is None      # first seen
         t += limits.SESSION_STOPPED_GRACE
         assert sessions.stall_reason(p.pid, w, t, 600).startswith("stopped for")
         os.kill(p.pid, signal.SIGCONT)
-        time.sleep(0.2)
+        settle(p.pid, "S")
         w = sessions.Watch(now)
         assert sessions.stall_reason(p.pid, w, now, 10) is None
         late = now + 10 + limits.SESSION_STALL_GRACE
@@ -56,3 +56,18 @@ def test_a_stopped_process_is_named_after_the_grace_and_an_idle_one_after_its_ti
         p.kill()
         p.wait()
     assert sessions.stall_reason(p.pid, sessions.Watch(0), 0, 10) is None   # gone
+
+
+def settle(pid, state):
+    """Wait until the process is in `state` and has stopped switching (on a
+    loaded machine a signal's effect, and the switch it causes, can take
+    longer than any fixed sleep)."""
+    deadline = time.monotonic() + 10
+    last = None
+    while time.monotonic() < deadline:
+        seen = sessions.sample(pid)
+        if seen is not None and seen[0] == state and seen == last:
+            return
+        last = seen
+        time.sleep(0.1)
+    raise AssertionError(f"pid {pid} did not settle in state {state}: {last}")
