@@ -16,8 +16,8 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-2-Clause",
     python_requires=">=3.11",
-    packages=["popd", "popd.broker", "popd.mail", "popd.pop3", "popd.slot",
-              "popd.supervisor", "popd.unix"],
+    packages=["popd", "popd.broker", "popd.exporter", "popd.mail", "popd.pop3",
+              "popd.slot", "popd.supervisor", "popd.unix"],
     install_requires=[
         # libpass is the maintained passlib fork and installs the `passlib`
         # import name; never depend on passlib as well (they overwrite each

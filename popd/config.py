@@ -276,6 +276,25 @@ listen_list.doc = ("list of {address, port, tls: none | starttls | implicit, bac
                    "proxy: true | false}")
 
 
+def host_port(v):
+    """ADDRESS:PORT, IPv6 in brackets: 127.0.0.1:9106, [::1]:9106."""
+    text = str(v) if isinstance(v, (str, int)) else ""
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        addr = ipaddress.ip_address(host)
+        number = int(port) if port.isascii() and port.isdigit() else -1
+    except ValueError:
+        addr, number = None, -1
+    if not colon or addr is None or not 1 <= number <= 65535 or (
+            (addr.version == 6) != text.startswith("[")):
+        raise Problem(f"{v!r} is not ADDRESS:PORT (e.g. 127.0.0.1:9106 or [::1]:9106)")
+    return types.SimpleNamespace(address=str(addr), port=number, family=addr.version,
+                                 backlog=limits.MAX_METRICS_CLIENTS)
+host_port.doc = "ADDRESS:PORT (IPv6 in brackets)"
+
+
 def network_list(v):
     """CIDR networks (a bare address is its own /32 or /128)."""
     if not isinstance(v, list):
@@ -336,6 +355,12 @@ KEYS = [
         "Group whose members may use popd ctl (the control socket popd.ctl "
         "beside the pid file becomes 0660 root:this group).  Unset: root "
         "only (0600).", False),
+    Key("metrics.listen", optional(host_port), None,
+        "Serve `popd ctl metrics` over HTTP (GET /metrics, OpenMetrics) on "
+        "this ADDRESS:PORT, from a capability-free, chrooted process that "
+        "asks the supervisor for the text; no authentication, so a "
+        "loopback or management address (e.g. 127.0.0.1:9106).  Unset: off.",
+        False),
     Key("user", user_id, "popd",
         "Children run as this user until they become the mailbox owner.", False),
     Key("group", group_id, "popd", "Group of the children before login.", False),
@@ -640,6 +665,11 @@ def _cross_checks(v, given=()):
                    f"lower auth_delay_max to at most "
                    f"{max(0, v['limits.login_deadline'] - limits.LOGIN_HEADROOM)} "
                    f"or raise login_deadline")
+    metrics = v["metrics.listen"]
+    if metrics is not None and any((l.address, l.port) == (metrics.address, metrics.port)
+                                   for l in v["listen"]):
+        out.append(f"metrics.listen: {metrics.address} port {metrics.port} is also a "
+                   f"POP3 listener; give the metrics another port")
     proxied = [f"{l.address} port {l.port}" for l in v["listen"] if l.proxy]
     if proxied and not v["proxy_trusted_networks"]:
         out.append(f"listen: {proxied[0]} has proxy: true but proxy_trusted_networks "

@@ -76,6 +76,7 @@ class Channel(enum.Enum):
     CHILD_FRONT = "child-front"
     BROKER_WORKER = "broker-worker"
     SUPERVISOR_SPAWNER = "supervisor-spawner"
+    SUPERVISOR_EXPORTER = "supervisor-exporter"
 
 
 class Role(enum.Enum):
@@ -85,6 +86,7 @@ class Role(enum.Enum):
     FRONT = "front"
     WORKER = "worker"
     SPAWNER = "spawner"
+    EXPORTER = "exporter"
 
 
 class Violation(Exception):
@@ -233,6 +235,16 @@ MESSAGES = [
          states=("owner",), once=True),
     Spec("LOG", 0x73, _C.CHILD_FRONT, _R.FRONT,
          (("level", U32), ("text", STR(1000))), states=("busy", "granted", "owner")),
+    # supervisor <-> metrics exporter (metrics.listen): the exporter asks
+    # for the text once per scrape, one question at a time, and gets it in
+    # pieces (more=1 until the last); it says nothing else, and the
+    # supervisor reads nothing but these.  The supervisor's states are the
+    # exporter link's (ExporterState), the exporter's its own.
+    Spec("EXPORTER_READY", 0x81, _C.SUPERVISOR_EXPORTER, _R.EXPORTER, (),
+         states=("starting",), once=True),
+    Spec("METRICS_ASK", 0x83, _C.SUPERVISOR_EXPORTER, _R.EXPORTER, (), states=("ready",)),
+    Spec("METRICS_TEXT", 0x80, _C.SUPERVISOR_EXPORTER, _R.SUPERVISOR,
+         (("text", BYTES(limits.MAX_FRAME - 16)), ("more", U32)), states=("asking",)),
 ]
 BY_NAME = {m.name: m for m in MESSAGES}
 # The `once` messages each channel end (a socket object) has received.
@@ -245,7 +257,8 @@ assert len(BY_CODE) == len(MESSAGES)
 # frame's type then says on its own where it may travel and which way.
 CHANNEL_NUMBERS = {Channel.SUPERVISOR_CHILD: 1, Channel.SUPERVISOR_SPAWNER: 2,
                    Channel.SUPERVISOR_BROKER: 3, Channel.BROKER_FRONT: 4,
-                   Channel.BROKER_CHILD: 5, Channel.BROKER_WORKER: 6, Channel.CHILD_FRONT: 7}
+                   Channel.BROKER_CHILD: 5, Channel.BROKER_WORKER: 6, Channel.CHILD_FRONT: 7,
+                   Channel.SUPERVISOR_EXPORTER: 8}
 assert all(m.code >> 4 == CHANNEL_NUMBERS[m.channel]
            and m.code & 1 == (m.sender.value != m.channel.value.split("-")[0])
            for m in MESSAGES)

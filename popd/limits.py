@@ -43,6 +43,26 @@ CONTROL_REQUEST_MAX = 256
 MAX_CONTROL_CLIENTS = 8
 CONTROL_TIMEOUT = 5.0
 
+# The metrics exporter (exporter/): an HTTP request is a request line and a
+# few headers (Prometheus sends five), so 4 KiB; a few scrapers at a time,
+# each done within a few seconds, so a client that connects and stalls
+# (or a flood of them) holds nothing for long.  Its fds: stdio, the
+# listening socket, the supervisor's channel, the clients, the log.
+METRICS_REQUEST_MAX = 4096
+MAX_METRICS_CLIENTS = 8
+METRICS_CLIENT_TIMEOUT = 5.0
+EXPORTER_FILES = 16
+# The supervisor renders the text in a few milliseconds; an exporter that
+# waits longer than this for it answers 503 rather than hold its clients.
+METRICS_ANSWER_TIMEOUT = 2.0
+# The text has a fixed set of series (no per-user or per-address labels),
+# about 4 KiB; it travels in MAX_FRAME pieces and an exporter refuses more
+# than this in all.
+METRICS_TEXT_MAX = 64 * 1024
+# An exporter that died is forked again after this many seconds (a crash
+# loop costs one fork per interval, never a busy loop).
+EXPORTER_RESTART_DELAY = 5.0
+
 # PROXY protocol (listen[].proxy, supervisor/proxy_header.py).  The header
 # comes from the operator's balancer, but root reads it, so it is bounded
 # like anything else: the spec's receive buffer (a v1 line is at most 107

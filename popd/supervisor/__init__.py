@@ -19,6 +19,8 @@ reads the balancer's PROXY header, from trusted peers only:
 - sessions.py        one session per maildrop; stopped or stalled sessions
 - spawner.py         the spawner process (root), which forks the slots
 - broker_link.py     start, watch and replace the auth broker
+- exporter_link.py   fork the metrics exporter, answer its one question,
+                     fork another if it dies (metrics.listen)
 - trusted_files.py   owner/mode/symlink checks of the files popd trusts
 - startup_checks.py  those checks over the configuration, at start, SIGHUP
                      and --check-config
@@ -26,7 +28,8 @@ reads the balancer's PROXY header, from trusted peers only:
 
 Outside this package, root runs only the first steps of each process it
 forks, up to the drop: broker/broker.py (the broker), slot/child.py (a
-slot's child) and slot/front.py (its front, which chroots); each drop is
+slot's child), slot/front.py (its front, which chroots) and
+exporter/server.py (the metrics exporter, which chroots too); each drop is
 unix/privileges.py's.  The lock helper (slot/lock_helper.py) is forked by
 the child after its own drop and never runs as root.
 """

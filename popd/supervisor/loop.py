@@ -36,6 +36,7 @@ from popd.ipc import Channel, Role
 from popd.supervisor import (admission, control, listeners, reload, sessions, startup_checks,
                              stats, trusted_files)
 from popd.supervisor.broker_link import BrokerLink, BrokerStartError
+from popd.supervisor.exporter_link import ExporterLink
 from popd.supervisor.pool import Pool, Slot, SlotState
 from popd.supervisor.proxied import ProxyHeaders
 from popd.supervisor.stats import Stats
@@ -61,9 +62,10 @@ class Supervisor:
     # status pipe or systemd's notify socket (daemonize.py).
     on_ready = on_stopping = None
 
-    def __init__(self, cfg, sockets):
+    def __init__(self, cfg, sockets, metrics_sock=None):
         self.cfg = cfg
         self.sockets = sockets              # [(listen config, socket)]
+        self.metrics_sock = metrics_sock    # metrics.listen's, bound for the exporter
         self.pool = Pool()
         self.admission = admission.Admission(cfg.limits.max_children,
                                              cfg.limits.max_per_ip)
@@ -82,6 +84,7 @@ class Supervisor:
         self.stats = Stats()
         self.proxied = ProxyHeaders(self.sel, self.admit_and_dispatch, self.stats.refused)
         self.control = None                 # the control socket (control.py)
+        self.exporter = None                # ExporterLink, with metrics.listen
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -89,6 +92,10 @@ class Supervisor:
         privileges.set_child_subreaper()
         self.setup_signals()
         self.broker = self.start_broker(self.cfg)
+        if self.metrics_sock is not None:   # forked before the TLS key is loaded
+            self.exporter = ExporterLink(self.cfg, self.metrics_sock, self.sel,
+                                         lambda: stats.metrics_text(self).encode())
+            self.exporter.start()
         self.load_tls()
         # Everything allocated so far is shared copy-on-write with every
         # slot; freezing keeps the collector from touching (and so
@@ -162,6 +169,8 @@ class Supervisor:
             # left to wake a reap: collect them every turn.
             self.reap()
         self.control.close()
+        if self.exporter is not None:
+            self.exporter.stop()
         self.spawner.wait()
         self.stop_brokers()
         # A front forked moments before the stop (its slot still starting)
@@ -180,6 +189,8 @@ class Supervisor:
             waits.append(self.pool.next_spawn - now)
         if self.spawn_due is not None:
             waits.append(self.spawn_due - now)
+        if self.exporter is not None and self.exporter.restart_at is not None:
+            waits.append(self.exporter.restart_at - now)
         return max(0.01, min(waits))
 
     def on_wakeup(self, _):
@@ -611,6 +622,8 @@ class Supervisor:
         now = time.monotonic()
         self.proxied.expire(now)
         self.control.expire(now)
+        if self.exporter is not None and not self.stopping:
+            self.exporter.tick(now)
         # Until the grant only the front is at work, and it must end its
         # client at the login deadline; a front that does not is killed a
         # little later.  After the grant the child bounds the rest.
@@ -732,7 +745,15 @@ def serve(cfg, on_ready=None, on_stopping=None):
         for _, s in sockets:
             s.close()
         raise StartupError(str(e)) from None
-    sup = Supervisor(cfg, sockets)
+    metrics_sock = None
+    if cfg.metrics.listen is not None:
+        try:
+            metrics_sock = listeners.bind(cfg.metrics.listen)
+        except listeners.BindError as e:
+            for _, s in sockets:
+                s.close()
+            raise StartupError(f"metrics.listen: {e}") from None
+    sup = Supervisor(cfg, sockets, metrics_sock)
     sup.exit_code = 0
     sup.on_ready, sup.on_stopping = on_ready, on_stopping
     sup.start()

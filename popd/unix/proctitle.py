@@ -42,6 +42,7 @@ CHILD_BUSY = "child busy"
 CHILD_SESSION = "child session"
 FRONT = "front"
 LOCK_HELPER = "lock-helper"
+EXPORTER = "metrics-exporter"
 
 _verbose = False
 

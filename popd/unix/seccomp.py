@@ -4,7 +4,9 @@ Runs in: the supervisor, once at startup before any fork (startup_problem
 compiles the policy with libseccomp and keeps it as classic BPF bytes),
 and the front, which installs those bytes right after
 privileges.sandbox_front() and privileges.limit_resources() (front.run),
-before it reads a byte from a client.
+before it reads a byte from a client.  The metrics exporter (exporter/),
+the other process that parses bytes from the network as login_user, gets
+the same policy plus accept4(2) for its listening socket.
 
 Why: every front runs as the same login_user, so without a filter a
 compromised front could signal every other front (kill(2) checks only
@@ -72,6 +74,8 @@ MEMORY = ["munmap", "mremap", "madvise"]
 CLOCKS = ["clock_gettime", "gettimeofday", "clock_nanosleep", "nanosleep"]
 SIGNALS = ["rt_sigreturn", "restart_syscall"]
 ALLOWED = IO + WAIT + SOCKET_INFO + MISC + MEMORY + CLOCKS + SIGNALS
+# The exporter takes its scrapers from a socket the supervisor bound.
+EXPORTER_ALLOWED = ["accept4"]
 # Allowed with these arguments only (see the docstring); built in _rules().
 CONDITIONAL = ["ioctl", "socketpair", "setsockopt", "prctl", "mmap", "mprotect"]
 
@@ -116,10 +120,11 @@ class _ArgCmp(ctypes.Structure):               # struct scmp_arg_cmp
                 ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
 
 
-# The compiled filter (classic BPF), set by startup_problem() in the
-# supervisor before any fork, so every front inherits it; None when
-# login_seccomp is off or the filter could not be had.
+# The compiled filters (classic BPF), set by startup_problem() in the
+# supervisor before any fork, so every front and exporter inherits them;
+# None when login_seccomp is off or the filter could not be had.
 program = None
+exporter_program = None
 
 
 class SeccompError(Exception):
@@ -130,10 +135,10 @@ class Unavailable(Exception):
     """The filter cannot be had on this system: (reason, fix)."""
 
 
-def _rules():
+def _rules(extra=()):
     """(system call, argument conditions) for every allowed call, in the
     order they are added (the same order gives the same program)."""
-    rules = [(name, ()) for name in ALLOWED]
+    rules = [(name, ()) for name in ALLOWED + list(extra)]
     no_exec = [(2, _CMP_MASKED_EQ, mmap.PROT_EXEC, 0)]
     rules += [
         ("ioctl", [(1, _CMP_EQ, FIONBIO, 0)]),
@@ -173,9 +178,10 @@ def _check(result, what):
         raise OSError(-result, f"{what}: {os.strerror(-result)}")
 
 
-def build():
-    """Compile the policy with libseccomp for this machine's architecture;
-    returns the classic BPF program as bytes.  Supervisor only."""
+def build(extra=()):
+    """Compile the policy, with the calls in `extra` allowed too, with
+    libseccomp for this machine's architecture; returns the classic BPF
+    program as bytes.  Supervisor only."""
     lib = _load_libseccomp()
     ctx = lib.seccomp_init(ACT_EPERM)
     if not ctx:
@@ -183,7 +189,7 @@ def build():
     try:
         _check(lib.seccomp_attr_set(ctx, _FLTATR_ACT_BADARCH, ACT_KILL_PROCESS),
                "seccomp_attr_set(ACT_BADARCH)")
-        for name, conditions in _rules():
+        for name, conditions in _rules(extra):
             nr = lib.seccomp_syscall_resolve_name(name.encode())
             if nr < 0 and not conditions:      # unknown here (select on arm64)
                 continue
@@ -219,8 +225,8 @@ def startup_problem(mode):
     """For the supervisor, at startup and before any fork: compile the
     filter once and keep it in `program` for the fronts.  Returns None if
     fronts will get it (or mode is off), else the one line that says why
-    not and how to fix it."""
-    global program
+    not and how to fix it.  The exporter's filter is compiled with it."""
+    global program, exporter_program
     if mode == "off":
         return None
     try:
@@ -228,6 +234,7 @@ def startup_problem(mode):
         if kernel:
             raise Unavailable(kernel, "use a kernel built with CONFIG_SECCOMP_FILTER")
         program = build()
+        exporter_program = build(EXPORTER_ALLOWED)
         return None
     except Unavailable as e:
         reason, fix = e.args
@@ -236,23 +243,25 @@ def startup_problem(mode):
     return f"seccomp filter for fronts unavailable: {reason}; {fix}"
 
 
-def confine_front(mode):
-    """Load the filter into this process (a front, already sandboxed).
+def confine_front(mode, role="front"):
+    """Load the filter into this process (a front, already sandboxed; or
+    with role="exporter", the metrics exporter, its own filter).
     `mode` is login_seccomp: required (failing to load raises SeccompError,
-    and the front exits), optional (a failure is logged and the front goes
-    on, as the supervisor announced), off.  Returns what happened."""
+    and the process exits), optional (a failure is logged and the process
+    goes on, as the supervisor announced), off.  Returns what happened."""
     if mode == "off":
         return "off"
-    if program is None:
+    bpf = exporter_program if role == "exporter" else program
+    if bpf is None:
         if mode == "required":          # the supervisor refuses to start first
             raise SeccompError("seccomp unavailable: no filter was built at startup")
         return "unavailable"
     try:
-        privileges.install_seccomp(program)
+        privileges.install_seccomp(bpf)
     except OSError as e:
         if mode == "required":
             raise SeccompError(f"cannot load the seccomp filter: {e}") from None
-        log.warning("front: cannot load the seccomp filter: %s; going on "
-                    "without it (login_seccomp: optional)", e)
+        log.warning("%s: cannot load the seccomp filter: %s; going on "
+                    "without it (login_seccomp: optional)", role, e)
         return "failed"
     return "loaded"

@@ -1,5 +1,6 @@
-"""Short runs of the fuzz targets: client input (tests/fuzz/fuzz_client_input.py)
-and the PROXY header parser (tests/fuzz/fuzz_proxy_header.py).
+"""Short runs of the fuzz targets: client input (tests/fuzz/fuzz_client_input.py),
+the PROXY header parser (tests/fuzz/fuzz_proxy_header.py) and the metrics
+exporter's HTTP requests (tests/fuzz/fuzz_metrics_request.py).
 
 CI runs it for FUZZ_SECONDS from the checked-in seeds and dictionary; a
 longer run is documented in the target's docstring.  atheris 3.0.0 is the
@@ -45,6 +46,24 @@ def test_fuzz_proxy_header_for_a_few_seconds(tmp_path):
         [sys.executable, str(FUZZ / "fuzz_proxy_header.py"), "-max_total_time=8",
          "-timeout=10", "-rss_limit_mb=1024", str(corpus), str(FUZZ / "proxy_seeds")],
         cwd=tmp_path, capture_output=True, text=True, timeout=70)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    assert not list(tmp_path.glob("crash-*")), out[-4000:]
+    runs = re.search(r"Done (\d+) runs", out)
+    assert runs and int(runs.group(1)) > 1000, out[-2000:]
+
+
+def test_fuzz_metrics_request_for_a_few_seconds(tmp_path):
+    """What a scraper sends to metrics.listen."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "prometheus").write_bytes(
+        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9106\r\nUser-Agent: Prometheus/2.45\r\n"
+        b"Accept: application/openmetrics-text;version=1.0.0\r\n\r\n")
+    run = subprocess.run(
+        [sys.executable, str(FUZZ / "fuzz_metrics_request.py"), "-max_total_time=5",
+         "-timeout=10", "-rss_limit_mb=1024", str(corpus)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]
     assert not list(tmp_path.glob("crash-*")), out[-4000:]

@@ -12,7 +12,9 @@ from popd.broker.broker import ChannelState
 from popd.ipc import Channel, Role
 from popd.pop3.authorization import FrontState
 from popd.slot.child import ChildState
+from popd.exporter.server import ExporterState
 from popd.supervisor.broker_link import LinkState
+from popd.supervisor.exporter_link import ExporterLinkState
 from popd.supervisor.pool import SlotState
 
 
@@ -143,6 +145,8 @@ RECEIVER_STATES = {
     (Channel.BROKER_WORKER, Role.WORKER): None,
     (Channel.CHILD_FRONT, Role.CHILD): ChildState,
     (Channel.CHILD_FRONT, Role.FRONT): FrontState,
+    (Channel.SUPERVISOR_EXPORTER, Role.SUPERVISOR): ExporterLinkState,
+    (Channel.SUPERVISOR_EXPORTER, Role.EXPORTER): ExporterState,
 }
 
 
