@@ -128,6 +128,7 @@ def login_figures(args, daemon):
               f"p50 {lat[len(lat) // 2] * 1000:.1f} ms, p99 {lat[int(len(lat) * .99)] * 1000:.1f} ms)")
         print(f"supervisor + spawner CPU per slot life cycle (accept, admit, fork, hand over, reap): "
               f"{(cpu1 - cpu0) / count * 1000:.2f} ms")
+        print(f"supervisor PSS after the run: {pss_kb([d.proc.pid]) / 1024:.2f} MB")
 
 
 def memory_figures(args):
