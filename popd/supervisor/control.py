@@ -30,6 +30,9 @@ SOCKET_NAME = "popd.ctl"
 COMMANDS = ("status", "who", "stats", "metrics")
 KICK_KINDS = ("user", "address", "pid")
 _UCRED = struct.Struct("3i")
+# asm-generic/socket.h; Python's socket module names it only from 3.13.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_PEERGROUPS_MAX = 1024                  # getsockopt()'s largest buffer: 256 groups
 
 
 class RequestError(Exception):
@@ -72,8 +75,11 @@ def parse_request(line):
 
 
 def peer_allowed(conn, group):
-    pid, uid, gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                  _UCRED.size))
+    """Root, or a member of `group` (its primary group or a supplementary
+    one), as the kernel recorded the caller when it connected: SO_PEERCRED
+    and SO_PEERGROUPS, never /proc (a pid can be reused by then)."""
+    _, uid, gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                _UCRED.size))
     if uid == 0:
         return True
     if group is None:
@@ -81,13 +87,10 @@ def peer_allowed(conn, group):
     if gid == group:
         return True
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Groups:"):
-                    return group in {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return False
+        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _PEERGROUPS_MAX)
+    except OSError:                     # more groups than the buffer holds: refused
+        return False
+    return group in struct.unpack(f"{len(raw) // 4}I", raw[:len(raw) // 4 * 4])
 
 
 class Client:

@@ -19,10 +19,10 @@ from tests.daemon import REPO, USERS, Daemon
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 
 
-def ctl(d, *command, as_uid=None, as_gid=None):
+def ctl(d, *command, as_uid=None, as_gid=None, as_groups=()):
     def drop():
         if as_gid is not None:
-            os.setgroups([])
+            os.setgroups(list(as_groups))
             os.setgid(as_gid)
         if as_uid is not None:
             os.setuid(as_uid)
@@ -100,6 +100,9 @@ def test_callers_neither_root_nor_in_control_group_are_refused():
         outsider = ctl(d, "status", as_uid=61001, as_gid=61001)
         assert outsider.returncode == 1 and "permission denied" in outsider.stderr
         member = ctl(d, "status", as_uid=61003, as_gid=61002)
+        assert member.returncode == 0, member.stderr
+        # A supplementary member (SO_PEERGROUPS) is one too.
+        member = ctl(d, "status", as_uid=61004, as_gid=61004, as_groups=(61005, 61002))
         assert member.returncode == 0, member.stderr
         # The socket's mode is one line of defence; SO_PEERCRED is the other.
         os.chmod(path, 0o666)
