@@ -59,6 +59,10 @@ METRICS_ANSWER_TIMEOUT = 2.0
 # about 4 KiB; it travels in MAX_FRAME pieces and an exporter refuses more
 # than this in all.
 METRICS_TEXT_MAX = 64 * 1024
+# However often the exporter asks, the supervisor renders the text at most
+# this often (seconds) and otherwise sends the last one: a scraper flood
+# costs root a send per scrape, not a render.
+METRICS_RENDER_INTERVAL = 0.5
 # An exporter that died is forked again after this many seconds (a crash
 # loop costs one fork per interval, never a busy loop).
 EXPORTER_RESTART_DELAY = 5.0

@@ -7,7 +7,12 @@ sent.  On the exporter's channel it accepts EXPORTER_READY once, then
 only METRICS_ASK, answered at once with the text in METRICS_TEXT pieces;
 anything else, or a peer that stops reading, gets the exporter killed.
 An exporter that exits is forked again after
-limits.EXPORTER_RESTART_DELAY; POP3 service never depends on it.
+limits.EXPORTER_RESTART_DELAY; POP3 service never depends on it (a fork
+that fails is logged and tried again after the same delay).  The first
+exporter is forked before the TLS key is loaded; one forked again later
+comes from the running supervisor and so holds the TLS context in memory,
+as every front does (same user, same sandbox).  The text is rendered at
+most once per limits.METRICS_RENDER_INTERVAL, whatever the exporter asks.
 """
 import enum
 import os
@@ -36,13 +41,26 @@ class ExporterLink:
         self.pid = self.pidfd = self.sock = None
         self.state = None
         self.restart_at = None          # monotonic time of the next fork
+        self.text, self.rendered = b"", None     # the last text, and when
 
     def start(self):
+        """Fork an exporter.  Raises OSError (no fds, no processes) with
+        nothing left behind."""
         ours, theirs = ipc.socketpair()
-        self.pid = process.fork_role("metrics exporter", _run_exporter, self.cfg,
-                                     self.listen, theirs)
-        theirs.close()
-        self.sock, self.pidfd = ours, os.pidfd_open(self.pid)
+        try:
+            pid = process.fork_role("metrics exporter", _run_exporter, self.cfg,
+                                    self.listen, theirs)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            ours.close()                        # it exits on its channel's end
+            raise
+        self.pid, self.sock, self.pidfd = pid, ours, pidfd
         self.state = ExporterLinkState.STARTING
         self.restart_at = None
         self.sel.register(self.sock, selectors.EVENT_READ, (self.on_message, None))
@@ -64,9 +82,12 @@ class ExporterLink:
             log.info("metrics: serving http://%s/metrics (pid %d)",
                      listeners.label(self.cfg.metrics.listen), self.pid)
             return
-        text = self.render()
+        now = time.monotonic()
+        if self.rendered is None or now - self.rendered >= limits.METRICS_RENDER_INTERVAL:
+            self.text, self.rendered = self.render(), now
+        text = self.text
         try:
-            for start in range(0, len(text), PIECE):
+            for start in range(0, max(len(text), 1), PIECE):   # one frame at least
                 ipc.send(self.sock, "METRICS_TEXT", text=text[start:start + PIECE],
                          more=int(start + PIECE < len(text)))
         except OSError as e:                    # not reading its answers
@@ -101,7 +122,12 @@ class ExporterLink:
 
     def tick(self, now):
         if self.restart_at is not None and now >= self.restart_at:
-            self.start()
+            try:
+                self.start()
+            except OSError as e:
+                log.error("metrics exporter: cannot fork another (%s); trying again "
+                          "in %d s", e.strerror or e, limits.EXPORTER_RESTART_DELAY)
+                self.restart_at = now + limits.EXPORTER_RESTART_DELAY
 
     def stop(self):
         """Close its channel (it exits on that) and the listening socket."""

@@ -95,7 +95,12 @@ class Supervisor:
         if self.metrics_sock is not None:   # forked before the TLS key is loaded
             self.exporter = ExporterLink(self.cfg, self.metrics_sock, self.sel,
                                          lambda: stats.metrics_text(self).encode())
-            self.exporter.start()
+            try:
+                self.exporter.start()
+            except OSError as e:
+                self.broker.stop()
+                raise StartupError(f"metrics exporter: cannot fork it: "
+                                   f"{e.strerror or e}") from None
         self.load_tls()
         # Everything allocated so far is shared copy-on-write with every
         # slot; freezing keeps the collector from touching (and so
