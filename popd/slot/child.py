@@ -20,6 +20,7 @@ Life of a child (states asserted as it goes):
 The child reads nothing from the client before it is the owner, and every
 wait before that is bounded by the login deadline.
 """
+import _signal
 import enum
 import os
 import select
@@ -61,6 +62,7 @@ class Child:
         self.grant = None
         self.granted = False
         self.session = None
+        self.kick_seen = False
 
     def expect(self, *states):
         assert self.state in states, f"child in state {self.state}"
@@ -238,13 +240,15 @@ class Child:
         session.report = self.report_progress
         # A kick (`popd ctl kick`: the supervisor's SIGUSR1) ends the session
         # like a dropped connection, unless its QUIT update has begun.
+        # _signal, not signal.signal(): its enum conversions touch (and so
+        # copy) pages of the image every slot shares (process.py).
         try:
-            signal.signal(signal.SIGUSR1, lambda signum, frame: self.kicked(session))
+            _signal.signal(_signal.SIGUSR1, lambda signum, frame: self.kicked(session))
             ipc.send(self.sup, "SESSION_STARTED", tls=tls[:120])
             outcome = session.serve()
         except Kicked:
             outcome = "kicked"
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        _signal.signal(_signal.SIGUSR1, _signal.SIG_IGN)
         session.close()
         drop.close()
         log.info('session end: rip=%s, user="%s", tls=%s, retrieved=%d, deleted=%d, '
@@ -254,7 +258,10 @@ class Child:
 
 
     def kicked(self, session):
-        if session.state is not State.UPDATE:
+        """SIGUSR1: end the session, once (a second kick, or one that
+        arrives as serve() returns, must not escape the handler)."""
+        if session.state is not State.UPDATE and not self.kick_seen:
+            self.kick_seen = True
             raise Kicked()
 
     def report_progress(self, session):
