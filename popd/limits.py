@@ -36,6 +36,12 @@ MAX_PENDING_CONNECTIONS = 256
 # go up at the same pace.
 PROGRESS_INTERVAL = 1.0
 
+# A session that sent a large reply gives its freed heap back to the kernel
+# once the client has been silent this long (seconds): sessions mostly sit
+# idle, and a client fetching message after message never waits this long
+# between two, so its reads keep their warm heap (unix/malloc.py).
+IDLE_AFTER = 1.0
+
 # The control socket (supervisor/control.py): a request is one short line,
 # a few callers at a time, each answered or dropped within a few seconds,
 # so `popd ctl` can never tie up the supervisor's loop.

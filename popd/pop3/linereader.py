@@ -53,6 +53,10 @@ class LineReader:
         self.max_line = max_line
         self.buf = bytearray(initial)
         self.draining = False
+        # Called once when the client has been silent for limits.IDLE_AFTER
+        # seconds while a line is awaited (the session's heap trim), then
+        # cleared; None: nothing to do.
+        self.on_idle = None
 
     def _recv(self, deadline):
         # Try first, wait only when nothing is there: a pipelining client
@@ -61,13 +65,25 @@ class LineReader:
             try:
                 data = self.sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
-                wait_readable(self.sock, deadline)
+                self._wait(deadline)
                 continue
             except OSError as e:
                 raise Disconnected(str(e)) from None
             if not data:
                 raise Disconnected("end of stream")
             return data
+
+    def _wait(self, deadline):
+        if self.on_idle is None:
+            wait_readable(self.sock, deadline)
+            return
+        try:
+            wait_readable(self.sock, min(deadline, time.monotonic() + limits.IDLE_AFTER))
+        except Timeout:
+            if time.monotonic() >= deadline:
+                raise
+            idle, self.on_idle = self.on_idle, None
+            idle()
 
     def read_line(self, deadline, max_line=None):
         """The next line without its CRLF (or bare LF), or OVERLONG as soon

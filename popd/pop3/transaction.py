@@ -15,6 +15,7 @@ from popd.mail import mbox
 from popd.mail.maildrop import MailboxError
 from popd.pop3.protocol import (SESSION_CAPABILITIES, TERMINATOR, Closing, Session, State,
                                 policy_capabilities)
+from popd.unix import malloc
 
 ERR_NO_SUCH_MESSAGE = "No such message"
 ERR_DELETED = "Message is deleted"
@@ -44,6 +45,7 @@ class ChildSession(Session):
         # limits.PROGRESS_INTERVAL (child.py passes it to the supervisor).
         self.report = None
         self.next_report = 0.0
+        self.trim_due = False       # a large reply's buffers were freed: trim once sent
 
     def deadline(self):
         return time.monotonic() + self.idle_timeout
@@ -135,6 +137,7 @@ class ChildSession(Session):
         loop flushes it): one syscall and one packet per RETR, which is
         what one-command-at-a-time clients wait on.  A full-size chunk is
         sent as it is, after whatever is queued, never copied."""
+        before = self.bytes_sent
         for chunk in chunks:
             self.bytes_sent += len(chunk)
             if len(chunk) >= STREAM_CHUNK and not self.out:
@@ -145,6 +148,18 @@ class ChildSession(Session):
                 self.flush()
         self.out += TERMINATOR
         self.bytes_sent += len(TERMINATOR)
+        if self.bytes_sent - before >= malloc.LARGE_BLOCK:
+            self.trim_due = True
+
+    def flush(self):
+        super().flush()
+        if self.trim_due:
+            # The reply's large reads are freed now; without a trim the heap
+            # they came from stays with the session (unix/malloc.py).  Done
+            # once the client is idle, not between pipelined RETRs: a trim
+            # costs the next large read its page faults again.
+            self.trim_due = False
+            self.reader.on_idle = malloc.trim
 
     def cmd_dele(self, arg):
         n = self.message(arg)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from popd import limits
 from tests.clients import MBOX, connect_raw, login, msg
 from tests.daemon import USERS, Daemon
 
@@ -249,6 +250,37 @@ def test_retr_of_a_100mb_message_keeps_memory_bounded(popd):
     assert received == len(body) + body.count(b"\n") + len(b"Subject: big\r\n\r\n")
     growth = max(peak) - before
     assert growth < 16 * 1024, f"RssAnon grew by {growth} kB"
+    c.quit()
+
+
+def heap_private_kb(pid):
+    """Private_Dirty of the process's [heap] mapping (glibc's brk heap)."""
+    found, total = False, 0
+    for line in open(f"/proc/{pid}/smaps"):
+        if line[:1] in "0123456789abcdef" and "-" in line.split()[0]:
+            found = line.rstrip().endswith("[heap]")
+        elif found and line.startswith("Private_Dirty:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_an_idle_session_gives_back_the_heap_its_large_replies_used(popd):
+    """glibc keeps 256 KiB read buffers in the heap once one was freed
+    (its mmap threshold rises); the session trims it when its client goes
+    quiet (limits.IDLE_AFTER), and not between RETRs."""
+    body = (b"x" * 75 + b"\n") * 40000                  # 3 MB per message
+    popd.write_mbox("alice", b"".join(
+        b"From a@b Thu Nov 26 10:00:00 2026\nSubject: m%d\n\n" % i + body + b"\n"
+        for i in range(4)))
+    c = pop(popd)
+    (child,) = popd.wait_for_pids("child session", 1)
+    for n in (1, 2, 3, 4):
+        c.retr(n)
+    busy = heap_private_kb(child)                        # within IDLE_AFTER of the reply
+    time.sleep(limits.IDLE_AFTER + 1.5)
+    idle = heap_private_kb(child)
+    assert busy - idle >= 256, (busy, idle)
+    assert c.stat()[0] == 4                              # and the session goes on
     c.quit()
 
 

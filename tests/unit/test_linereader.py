@@ -9,6 +9,7 @@ must give exactly that, hold at most one receive buffer plus one line,
 and drain an overlong line without storing it.
 """
 import socket
+import threading
 import time
 
 import pytest
@@ -259,3 +260,27 @@ def test_end_of_stream_and_socket_errors_are_disconnects():
     a.close()
     with pytest.raises(Disconnected):
         LineReader(a, LIMIT).read_line(future())        # EBADF
+
+
+def test_on_idle_runs_once_when_the_client_is_quiet_and_not_when_it_is_prompt(monkeypatch):
+    monkeypatch.setattr(limits, "IDLE_AFTER", 0.2)
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        calls = []
+        reader = LineReader(a, 255)
+        reader.on_idle = lambda: calls.append(time.monotonic())
+        b.sendall(b"NOOP\r\n")                   # prompt: no idle call
+        assert reader.read_line(time.monotonic() + 5) == b"NOOP"
+        assert calls == [] and reader.on_idle is not None
+        started = time.monotonic()
+        threading.Timer(0.6, b.sendall, [b"STAT\r\n"]).start()
+        assert reader.read_line(time.monotonic() + 5) == b"STAT"
+        assert len(calls) == 1 and 0.2 <= calls[0] - started < 0.6
+        assert reader.on_idle is None            # once
+        with pytest.raises(Timeout):             # the deadline still rules
+            reader.on_idle = calls.clear
+            reader.read_line(time.monotonic() + 0.1)
+    finally:
+        a.close()
+        b.close()
