@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import compare_client as cl  # noqa: E402
 from bench import compare_data as data  # noqa: E402
+from bench import session_memory  # noqa: E402
 from bench.compare_servers import (Dovecot, Popd, Tree, dovecot_version,  # noqa: E402
                                    ensure_dovecot, machine_busy_seconds, pss_kb,
                                    wait_settled)
@@ -385,6 +386,7 @@ class Bench:
                 time.sleep(0.5)
                 pids0 = wait_settled(srv.procs, quiet=1.0)
                 base = pss_kb(pids0)
+                by_role0 = session_memory.snapshot(pids0) if isinstance(srv, Popd) else None
                 loop = asyncio.new_event_loop()
                 try:
                     port = srv.tls_port if mode == "implicit" else srv.port
@@ -399,6 +401,11 @@ class Bench:
                     time.sleep(0.5)
                     pids = srv.procs.pids()
                     total = pss_kb(pids)
+                    if by_role0 is not None and sessions:
+                        # Where a session's memory goes: by role, by mapping.
+                        self.details.append(f"{label}, popd, per session by role and mapping:")
+                        self.details += ["    " + line for line in session_memory.difference(
+                            by_role0, session_memory.snapshot(pids), len(sessions))]
                     per = (total - base) / max(1, len(sessions)) / 1024
                     row.set(srv.name, per)
                     self.details.append(

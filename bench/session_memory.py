@@ -1,0 +1,175 @@
+"""Where a session's memory goes: PSS by role and by mapping class.
+
+Runs in: the benchmark process, as root (bench/compare.py's pss scenario
+prints it for popd; run alone it starts its own popd):
+
+    /opt/popd/bin/python bench/session_memory.py [--sessions 50] [--mode plain|implicit]
+
+For every popd process it reads /proc/PID/smaps, classifies each mapping
+(heap, anonymous: pymalloc arenas and big buffers, stack, the interpreter
+binary, libpython if any, each extension module group, libssl/libcrypto,
+libc and the rest of the shared libraries), and sums Pss, Private_Dirty
+and Shared per class and per role (the process title: supervisor,
+spawner, child idle, child session, front, lock-helper ...).  Run once
+on the idle server and once with N logged-in sessions, the difference per
+session by role and class is what a session costs and where.
+"""
+import collections
+import os
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+FIELDS = ("Pss", "Private_Dirty", "Private_Clean", "Shared_Clean", "Shared_Dirty")
+_HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
+
+
+def classify(path):
+    if not path:
+        return "anonymous (pymalloc arenas, big buffers)"
+    if path == "[heap]":
+        return "heap (malloc)"
+    if path.startswith("[stack"):
+        return "stack"
+    if path.startswith("["):
+        return "kernel ([vdso], [vvar])"
+    name = os.path.basename(path)
+    if name.startswith(("libssl", "libcrypto")):
+        return "OpenSSL (libssl, libcrypto)"
+    if name.startswith("_ssl.") or name.startswith("_hashlib."):
+        return "ext: _ssl, _hashlib"
+    if name.startswith("libpython"):
+        return "libpython"
+    if re.fullmatch(r"python3(\.\d+)?", name):
+        return "interpreter binary"
+    if name.endswith(".so") or ".so." in name:
+        if "lib-dynload" in path or "site-packages" in path:
+            return "ext: other extension modules"
+        if name.startswith(("libc.", "libc-", "ld-linux", "libm.")):
+            return "libc, libm, ld.so"
+        return "other shared libraries"
+    return "other files"
+
+
+def smaps(pid):
+    """{class: {field: kB}} for one process."""
+    out = collections.defaultdict(lambda: dict.fromkeys(FIELDS, 0))
+    current = None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                if _HEADER.match(line):
+                    parts = line.split(None, 5)
+                    current = out[classify(parts[5].strip() if len(parts) > 5 else "")]
+                    continue
+                key, _, rest = line.partition(":")
+                if key in FIELDS and current is not None:
+                    current[key] += int(rest.split()[0])
+    except OSError:
+        return {}
+    return out
+
+
+def role(pid):
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return None
+    return title[len("popd: "):].split(" [")[0] if title.startswith("popd: ") else title
+
+
+def snapshot(pids):
+    """{(role, class): {field: kB}} summed over the processes, and the
+    number of processes per role."""
+    table = collections.defaultdict(lambda: dict.fromkeys(FIELDS, 0))
+    count = collections.Counter()
+    for pid in pids:
+        r = role(pid)
+        if r is None:
+            continue
+        count[r] += 1
+        for cls, fields in smaps(pid).items():
+            for k, v in fields.items():
+                table[r, cls][k] += v
+    return table, count
+
+
+def difference(before, after, sessions):
+    """Lines of text: what N sessions added, per session, by role and class."""
+    (t0, c0), (t1, c1) = before, after
+    roles = sorted({r for r, _ in t1} | {r for r, _ in t0})
+    lines = [f"{'role / mapping':46} {'Pss':>8} {'PrivDirty':>9}   kB per session "
+             f"({sessions} sessions)"]
+    total = 0
+    for r in roles:
+        rows = []
+        for cls in sorted({c for rr, c in t1 if rr == r} | {c for rr, c in t0 if rr == r}):
+            a, b = t0.get((r, cls), dict.fromkeys(FIELDS, 0)), t1.get((r, cls), dict.fromkeys(FIELDS, 0))
+            pss = (b["Pss"] - a["Pss"]) / sessions
+            dirty = (b["Private_Dirty"] - a["Private_Dirty"]) / sessions
+            if abs(pss) >= 0.5 or abs(dirty) >= 0.5:
+                rows.append((cls, pss, dirty))
+        role_pss = sum(p for _, p, _ in rows)
+        total += role_pss
+        lines.append(f"{r + f' ({c0[r]} -> {c1[r]} processes)':46} {role_pss:8.1f}")
+        for cls, pss, dirty in sorted(rows, key=lambda x: -abs(x[1])):
+            lines.append(f"  {cls:44} {pss:8.1f} {dirty:9.1f}")
+    lines.append(f"{'total':46} {total:8.1f}")
+    return lines
+
+
+def main():
+    import argparse
+    import asyncio
+    import ssl
+    import time
+
+    from bench.compare_servers import wait_settled, Tree
+    from tests.daemon import Daemon
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sessions", type=int, default=50)
+    ap.add_argument("--mode", choices=("plain", "implicit"), default="plain")
+    args = ap.parse_args()
+    n = args.sessions
+    users = {f"m{i}": (f"pw{i}", 61300 + i, 61300 + i) for i in range(n)}
+    with Daemon(limits={"max_children": n + 8, "spare_children": 2, "max_per_ip": n + 8},
+                users=users, tls=args.mode == "implicit",
+                plaintext="always") as d:
+        for login, (_, uid, _) in users.items():
+            d.write_mbox(login, b"From a@b Thu Nov 26 10:00:00 2026\nSubject: x\n\nhello\n\n",
+                         uid=uid)
+        procs = Tree(d.proc.pid)
+        time.sleep(1)
+        before = snapshot(wait_settled(procs, quiet=1.0))
+        ctx = ssl.create_default_context(cafile=str(d.ca_file)) if d.ca_file else None
+
+        async def open_all():
+            held = []
+            for login, (pw, _, _) in users.items():
+                if ctx:
+                    r, w = await asyncio.open_connection(d.host, d.tls_port, ssl=ctx)
+                else:
+                    r, w = await asyncio.open_connection(d.host, d.port)
+                await r.readline()
+                w.write(f"USER {login}\r\nPASS {pw}\r\nSTAT\r\n".encode())
+                for _ in range(3):
+                    line = await r.readline()
+                assert line.startswith(b"+OK 1 "), line
+                held.append(w)
+            return held
+
+        loop = asyncio.new_event_loop()
+        held = loop.run_until_complete(open_all())
+        time.sleep(2)
+        after = snapshot(wait_settled(procs, quiet=1.5))
+        print("\n".join(difference(before, after, n)))
+        for w in held:
+            w.close()
+        loop.close()
+
+
+if __name__ == "__main__":
+    main()
