@@ -239,7 +239,7 @@ MESSAGES = [
     # for the text once per scrape, one question at a time, and gets it in
     # pieces (more=1 until the last); it says nothing else, and the
     # supervisor reads nothing but these.  The supervisor's states are the
-    # exporter link's (ExporterState), the exporter's its own.
+    # exporter link's (ExporterLinkState), the exporter's its own (ExporterState).
     Spec("EXPORTER_READY", 0x81, _C.SUPERVISOR_EXPORTER, _R.EXPORTER, (),
          states=("starting",), once=True),
     Spec("METRICS_ASK", 0x83, _C.SUPERVISOR_EXPORTER, _R.EXPORTER, (), states=("ready",)),
