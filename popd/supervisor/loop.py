@@ -98,9 +98,7 @@ class Supervisor:
             try:
                 self.exporter.start()
             except OSError as e:
-                self.broker.stop()
-                raise StartupError(f"metrics exporter: cannot fork it: "
-                                   f"{e.strerror or e}") from None
+                self.start_failed(f"metrics exporter: cannot fork it: {e.strerror or e}")
         self.load_tls()
         # Everything allocated so far is shared copy-on-write with every
         # slot; freezing keeps the collector from touching (and so
@@ -116,9 +114,7 @@ class Supervisor:
         try:
             self.control.open()
         except OSError as e:
-            self.broker.stop()
-            raise StartupError(f"control socket {self.control.path}: "
-                               f"{e.strerror or e}") from None
+            self.start_failed(f"control socket {self.control.path}: {e.strerror or e}")
         if self.cfg.mail.dotlock_group is None:
             log.info("mail.dotlock_group is not set: mailboxes are dot-locked "
                      "only where their owner may create <mbox>.lock; fcntl "
@@ -128,6 +124,13 @@ class Supervisor:
                  self.cfg.limits.max_children, self.cfg.limits.spare_children)
         if self.on_ready:
             self.on_ready()
+
+    def start_failed(self, problem):
+        """Stop what start() has forked so far, and say why in one line."""
+        if self.exporter is not None and self.exporter.pid is not None:
+            self.exporter.stop()
+        self.broker.stop()
+        raise StartupError(problem) from None
 
     def load_tls(self):
         """Build the TLS context now: after the broker is forked (it never
@@ -141,8 +144,7 @@ class Supervisor:
         try:
             tls.install(tls.build_context(self.cfg.tls))
         except tls.TLSConfigError as e:
-            self.broker.stop()
-            raise StartupError(str(e)) from None
+            self.start_failed(str(e))
 
     def setup_signals(self):
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -739,7 +741,7 @@ def serve(cfg, on_ready=None, on_stopping=None):
     # required.
     problem = seccomp.startup_problem(cfg.login_seccomp)
     if problem and cfg.login_seccomp == "required":
-        raise StartupError(problem)
+        raise StartupError(problem) from None
     if problem:
         log.warning("%s", problem)
     sockets = []
