@@ -28,6 +28,7 @@ from tests.daemon import (
     Daemon,
     caps,
     descendants,
+    gone,
     in_child,
     socket_kinds,
     status,
@@ -345,15 +346,13 @@ def test_term_stops_everything(popd):
     client = login(popd)
     client.stat()
     pids = descendants(popd.proc.pid)
-    titles = {p: open(f"/proc/{p}/cmdline").read() for p in pids}
+    titles = {p: title(p) for p in pids}          # "" for one already gone
     assert pids
     popd.proc.send_signal(signal.SIGTERM)
     client.quit()                                # the session may finish
     assert popd.proc.wait(15) == 0, popd.log()
     time.sleep(0.2)
-    alive = [(p, titles[p], open(f"/proc/{p}/stat").read()) for p in pids
-             if os.path.exists(f"/proc/{p}") and
-             open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+    alive = [(p, titles[p]) for p in pids if not gone(p)]
     assert alive == [], repr(alive)
 
 

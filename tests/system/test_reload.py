@@ -11,7 +11,7 @@ import pytest
 
 from tests import replies
 from tests.clients import MBOX, connect_raw, login
-from tests.daemon import REPO, USERS, Daemon, in_child
+from tests.daemon import REPO, USERS, Daemon, gone, in_child
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 
@@ -47,8 +47,7 @@ def test_hup_applies_new_settings_to_new_slots_and_keeps_sessions():
         # and certificate); the old one is gone.
         now = d.spawners()
         assert len(now) == 1 and now != [spawner]
-        assert not os.path.exists(f"/proc/{spawner}") or \
-            open(f"/proc/{spawner}/stat").read().split()[2] == "Z"
+        assert gone(spawner)
         assert session.stat()[0] == 2                  # the session went on
         session.quit()
         login(d).quit()

@@ -14,7 +14,7 @@ from popd.pop3 import sasl
 from popd.unix import privileges
 from tests import replies
 from tests.clients import CAROL, MBOX, OCTETS, USERS_TLS, Client
-from tests.daemon import LOGIN_UID, USERS, Daemon, caps, in_child, socket_kinds, status
+from tests.daemon import LOGIN_UID, USERS, Daemon, caps, gone, in_child, parents, socket_kinds, status
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 
@@ -199,16 +199,9 @@ def test_pipelined_login_and_large_message_through_the_pipe(popd):
 
 def child_and_front(popd):
     (child,) = popd.wait_for_pids("child session", 1)
-    fronts = [pid for pid in popd.pids("front")
-              if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1] == str(child)]
+    parent = parents()
+    fronts = [pid for pid in popd.pids("front") if parent.get(pid) == child]
     return child, fronts
-
-
-def gone(pid):
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def wait_gone(pids, timeout=5):
