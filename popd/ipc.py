@@ -64,6 +64,10 @@ from popd import limits
 VERSION = 1
 _HEADER = struct.Struct("!BBH")
 _FIELD_LEN = struct.Struct("!H")
+# As plain ints: socket's flags are IntFlag members, and combining them runs
+# enum's Python code, whose pages each slot would copy (unix/process.py).
+_SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+_TRUNCATED = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 
@@ -320,7 +324,7 @@ def send(sock, name, fds=(), **values):
     anc = []
     if fds:
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-    sock.sendmsg([frame], anc, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+    sock.sendmsg([frame], anc, _SEND_FLAGS)
 
 
 def recv(sock, channel, receiver, state=None):
@@ -338,7 +342,7 @@ def recv(sock, channel, receiver, state=None):
     try:
         if not data:
             raise Closed("end of channel")
-        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        if flags & _TRUNCATED:
             raise Violation("truncated frame or control data")
         msg = decode(data, channel, receiver)
         spec = BY_NAME[msg.name]
@@ -346,8 +350,10 @@ def recv(sock, channel, receiver, state=None):
             raise Violation(f"{msg.name} with {len(fds)} fds")
         if spec.states is not ANY:
             assert state is not None, f"{msg.name}: the receiver must name its state"
-            if state.value not in spec.states:
-                raise Violation(f"{msg.name} in state {state.value}")
+            # _value_, the member's own attribute (.value is enum's Python
+            # property).
+            if state._value_ not in spec.states:
+                raise Violation(f"{msg.name} in state {state._value_}")
     except (Closed, Violation):
         for fd in fds:
             _close(fd)

@@ -30,8 +30,6 @@ class ScriptedSocket:
     (never more than asked for), then b"" (end of stream); send() takes at
     most send_limit bytes a call and records everything."""
 
-    family = socket.AF_UNIX
-
     def __init__(self, chunks, send_limit=None):
         self.chunks = collections.deque(chunks)
         self.send_limit = send_limit
@@ -52,6 +50,9 @@ class ScriptedSocket:
 
     def setsockopt(self, *args):
         pass
+
+    def getsockopt(self, level, option):
+        return self._a.getsockopt(level, option)      # SO_DOMAIN: AF_UNIX
 
     def recv(self, n):
         self.recv_calls += 1

@@ -156,10 +156,13 @@ def assign(bases, state):
     """Ids for `bases` (file order) given the remembered state
     {base: (next_suffix, [ids in file order])}; returns (ids, new_state)."""
     # A base seen once and not remembered is its own id: only repeated or
-    # remembered bases need the loop (a Counter counts in C).
-    counts = collections.Counter(bases)
-    special = {b for b, k in counts.items() if k > 1} if len(counts) < len(bases) else set()
-    special.update(b for b in state if b in counts)
+    # remembered bases need the loop.  The set says in C whether any base
+    # repeats; the Counter (Python code) runs only when one does.
+    distinct = set(bases)
+    special = set()
+    if len(distinct) < len(bases):
+        special = {b for b, k in collections.Counter(bases).items() if k > 1}
+    special.update(b for b in state if b in distinct)
     positions = {b: [] for b in special}
     if special:
         for i, b in enumerate(bases):

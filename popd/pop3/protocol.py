@@ -25,11 +25,16 @@ class State(enum.Enum):
 
 
 AUTH, TRANS = State.AUTHORIZATION, State.TRANSACTION
+# Plain ints, compared with SO_DOMAIN's: socket.family would build an
+# AddressFamily member through enum's Python code on every connection.
+_TCP_FAMILIES = (int(socket.AF_INET), int(socket.AF_INET6))
 
 
 @dataclass(frozen=True)
 class Syntax:
-    states: frozenset
+    # A tuple: `in` compares the members by identity in C, where a set
+    # would call Enum.__hash__, Python code whose pages each session copies.
+    states: tuple
     min_args: int
     max_args: int
     rest_is_argument: bool = False   # PASS: the password may contain spaces
@@ -37,22 +42,22 @@ class Syntax:
 
 
 COMMANDS = {
-    "CAPA": Syntax(frozenset({AUTH, TRANS}), 0, 0),
-    "QUIT": Syntax(frozenset({AUTH, TRANS}), 0, 0),
-    "USER": Syntax(frozenset({AUTH}), 1, 1),
-    "PASS": Syntax(frozenset({AUTH}), 1, 1, rest_is_argument=True),
-    "STLS": Syntax(frozenset({AUTH}), 0, 0),
+    "CAPA": Syntax((AUTH, TRANS), 0, 0),
+    "QUIT": Syntax((AUTH, TRANS), 0, 0),
+    "USER": Syntax((AUTH,), 1, 1),
+    "PASS": Syntax((AUTH,), 1, 1, rest_is_argument=True),
+    "STLS": Syntax((AUTH,), 0, 0),
     # RFC 5034: AUTH [mechanism [initial-response]]; no argument lists them.
-    "AUTH": Syntax(frozenset({AUTH}), 0, 2,
+    "AUTH": Syntax((AUTH,), 0, 2,
                    max_argument=limits.MAX_COMMAND_LINE),   # initial response
-    "STAT": Syntax(frozenset({TRANS}), 0, 0),
-    "LIST": Syntax(frozenset({TRANS}), 0, 1),
-    "RETR": Syntax(frozenset({TRANS}), 1, 1),
-    "DELE": Syntax(frozenset({TRANS}), 1, 1),
-    "NOOP": Syntax(frozenset({TRANS}), 0, 0),
-    "RSET": Syntax(frozenset({TRANS}), 0, 0),
-    "TOP": Syntax(frozenset({TRANS}), 2, 2),
-    "UIDL": Syntax(frozenset({TRANS}), 0, 1),
+    "STAT": Syntax((TRANS,), 0, 0),
+    "LIST": Syntax((TRANS,), 0, 1),
+    "RETR": Syntax((TRANS,), 1, 1),
+    "DELE": Syntax((TRANS,), 1, 1),
+    "NOOP": Syntax((TRANS,), 0, 0),
+    "RSET": Syntax((TRANS,), 0, 0),
+    "TOP": Syntax((TRANS,), 2, 2),
+    "UIDL": Syntax((TRANS,), 0, 1),
 }
 
 # Reply texts: constants, never built from client input.
@@ -121,7 +126,7 @@ class Session:
     def __init__(self, sock, max_bad_commands, initial=b""):
         self.sock = sock
         self.sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) in _TCP_FAMILIES:
             # Every reply is one write that must leave now: with Nagle, a
             # short reply after a long one waits for the client's delayed
             # ACK (the 40 ms stalls measured on popa3d).

@@ -24,7 +24,6 @@ import _signal
 import enum
 import os
 import select
-import signal
 import socket
 import time
 
@@ -71,7 +70,7 @@ class Child:
     def start(self, front_broker):
         # Fronts that exit are reaped by the kernel; the supervisor follows
         # them through a pidfd.
-        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
         ours, theirs = ipc.socketpair()
         pid = process.fork_role("front", front.run, self.cfg, theirs, front_broker)
         theirs.close()

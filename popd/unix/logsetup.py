@@ -183,12 +183,17 @@ def setup(logging_cfg, handler=None):
     return handler
 
 
+# Read once, at import: os.environ is Python code (a mapping that encodes
+# and decodes), and every slot sets up its logging again.
+_UNDER_JOURNAL = "JOURNAL_STREAM" in os.environ
+
+
 def stderr_timestamps(logging_cfg):
     """logging.timestamps; unset: on, unless systemd's journal (which
     stamps every line itself) is our stderr."""
     if logging_cfg.timestamps is not None:
         return logging_cfg.timestamps
-    return "JOURNAL_STREAM" not in os.environ
+    return not _UNDER_JOURNAL
 
 
 def setup_silent():

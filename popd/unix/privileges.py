@@ -38,6 +38,10 @@ _CAP_VERSION_3 = 0x20080522
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong, ctypes.c_ulong]
+# Looked up here, at import: a CDLL resolves a name on first use (Python
+# code that caches it on the instance), and a first use in a slot would
+# copy the pages it writes into every session.
+_capget, _capset = _libc.capget, _libc.capset
 
 
 class _CapHeader(ctypes.Structure):
@@ -73,7 +77,7 @@ def capget():
     """(effective, permitted, inheritable) as 64-bit masks."""
     head = _CapHeader(_CAP_VERSION_3, 0)
     data = (_CapData * 2)()
-    if _libc.capget(ctypes.byref(head), data) < 0:
+    if _capget(ctypes.byref(head), data) < 0:
         raise PrivilegeError(f"capget: {os.strerror(ctypes.get_errno())}")
     join = lambda f: getattr(data[0], f) | (getattr(data[1], f) << 32)
     return join("effective"), join("permitted"), join("inheritable")
@@ -86,7 +90,7 @@ def capset(effective, permitted, inheritable=0):
         data[i].effective = (effective >> (32 * i)) & 0xFFFFFFFF
         data[i].permitted = (permitted >> (32 * i)) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> (32 * i)) & 0xFFFFFFFF
-    if _libc.capset(ctypes.byref(head), data) < 0:
+    if _capset(ctypes.byref(head), data) < 0:
         raise PrivilegeError(f"capset: {os.strerror(ctypes.get_errno())}")
 
 
