@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from popd.ctl import ask
 from tests.clients import MBOX, SourcePOP3, msg
 from tests.daemon import REPO, USERS, Daemon
 
@@ -28,8 +29,9 @@ def ctl(d, *command):
 def ask_as(d, request, uid, gid, groups=()):
     """One request on the control socket from a process with these
     credentials, forked here (they need not be able to read the popd
-    package, which a checkout in a 0700 directory denies them): the
-    answer, or "refused at connect" when the socket's mode denies them."""
+    package, which a checkout in a 0700 directory denies them) and asking
+    as `popd ctl` does: the answer, or "refused at connect" when the
+    socket's mode denies them."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -38,16 +40,10 @@ def ask_as(d, request, uid, gid, groups=()):
             os.setgroups(list(groups))
             os.setgid(gid)
             os.setuid(uid)
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(10)
-                try:
-                    s.connect(str(d.base / "popd.ctl"))
-                except PermissionError:
-                    os.write(w, b"refused at connect")
-                    os._exit(0)
-                s.sendall(request + b"\n")
-                while chunk := s.recv(65536):
-                    os.write(w, chunk)
+            try:
+                os.write(w, ask(str(d.base / "popd.ctl"), request.decode()))
+            except PermissionError:
+                os.write(w, b"refused at connect")
         finally:
             os._exit(0)
     os.close(w)
