@@ -37,9 +37,10 @@ MAX_PENDING_CONNECTIONS = 256
 PROGRESS_INTERVAL = 1.0
 
 # A session that sent a large reply gives its freed heap back to the kernel
-# once the client has been silent this long (seconds): sessions mostly sit
-# idle, and a client fetching message after message never waits this long
-# between two, so its reads keep their warm heap (unix/malloc.py).
+# once the client has been silent this long (seconds), and a TLS front its
+# pipe buffers and freed heap: sessions mostly sit idle, and a client
+# fetching message after message never waits this long between two, so its
+# reads keep their warm memory (unix/malloc.py, slot/tls_pipe.py).
 IDLE_AFTER = 1.0
 
 # The control socket (supervisor/control.py): a request is one short line,

@@ -8,15 +8,20 @@ other end and the TLS socket until either side closes.
 Each direction is one Flow: a fixed buffer filled only when empty
 (recv_into: no copies beyond the kernel's and OpenSSL's) and filled again
 only once its sink has taken all of it, so memory stays at two buffers
-whatever the peers do.
+whatever the peers do.  The buffers are anonymous mappings: a page is
+memory only once bytes went through it, so the commands' direction costs
+a page, and both are given back (with the heap OpenSSL freed) once the
+pipe has been idle for limits.IDLE_AFTER: sessions mostly sit idle.
 """
+import mmap
 import select
 import socket
 import ssl
 
-from popd.unix import tls
+from popd import limits
+from popd.unix import malloc, tls
 
-# Each direction owns one buffer of this size, allocated once: big enough
+# Each direction owns one buffer of this size, mapped once: big enough
 # that a RETR moves in few system calls (the SSL layer cuts it into 16 KiB
 # records itself), small beside the process.
 PIPE_BUFFER = 64 * 1024
@@ -31,7 +36,8 @@ class Flow:
 
     def __init__(self, source, sink, first=b""):
         self.source, self.sink = source, sink
-        self.view = memoryview(bytearray(PIPE_BUFFER))
+        self.buffer = mmap.mmap(-1, PIPE_BUFFER, flags=mmap.MAP_PRIVATE)  # anonymous
+        self.view = memoryview(self.buffer)
         self.view[:len(first)] = first      # the line reader never holds 64 KiB
         self.start, self.end = 0, len(first)
         self.eof = False                    # the source has ended
@@ -39,6 +45,11 @@ class Flow:
 
     def __len__(self):
         return self.end - self.start
+
+    def release(self):
+        """Give the buffer's pages back (it is empty: they read as zeros
+        when next used)."""
+        self.buffer.madvise(mmap.MADV_DONTNEED)
 
     def fill(self, rlist, wlist):
         if self or self.eof:
@@ -120,12 +131,22 @@ def pipe(client, child, first, idle_timeout):
                 return "child closed"
             if not rlist and not wlist:
                 return "nothing to wait for"    # cannot happen; never block forever
-            # Waiting only for input may last: the child's idle timeout
-            # bounds it.  Waiting for a peer to take bytes is bounded here.
-            timeout = idle_timeout if (up or down) else None
-            readable, writable, _ = select.select(list(rlist), list(wlist), [], timeout)
-            if not readable and not writable:
-                return "stalled"
+            if up or down:
+                # Waiting for a peer to take bytes is bounded here.
+                readable, writable, _ = select.select(list(rlist), list(wlist), [],
+                                                      idle_timeout)
+                if not readable and not writable:
+                    return "stalled"
+            else:
+                # Waiting only for input may last (the child's idle timeout
+                # bounds it).  Once idle, give back what the last replies used.
+                readable, writable, _ = select.select(list(rlist), list(wlist), [],
+                                                      limits.IDLE_AFTER)
+                if not readable and not writable:
+                    up.release()
+                    down.release()
+                    malloc.trim()
+                    select.select(list(rlist), list(wlist), [])
     finally:
         child.close()
         client.close()

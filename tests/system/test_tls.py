@@ -3,6 +3,7 @@ front as a plaintext pipe, the handshake under the login deadline, no
 resumption across fronts, STLS command injection, AUTH PLAIN, and the
 start-up errors for bad certificates and keys."""
 import os
+import poplib
 import socket
 import ssl
 import time
@@ -10,6 +11,7 @@ import time
 import pytest
 import yaml
 
+from popd import limits
 from popd.pop3 import sasl
 from popd.unix import privileges
 from tests import replies
@@ -233,6 +235,38 @@ def test_front_stays_as_an_unprivileged_pipe(popd):
     assert c.command(b"QUIT").startswith(b"+OK")
     c.close()
     assert wait_gone([child, front])
+
+
+def private_dirty_kb(pid):
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith("Private_Dirty:"):
+            return int(line.split()[1])
+    raise AssertionError("no Private_Dirty in smaps_rollup")
+
+
+def test_an_idle_tls_pipe_gives_back_its_buffers(popd):
+    """The pipe's buffers are anonymous mappings the front gives back, with
+    the heap OpenSSL freed, once the client is quiet (limits.IDLE_AFTER):
+    after a RETR of 1 MB the reply's buffer alone is 64 kB."""
+    body = (b"y" * 63 + b"\n") * 16384
+    popd.write_mbox("carol", b"From a@b Thu Nov 26 10:00:00 2026\nSubject: big\n\n"
+                    + body + b"\n", uid=CAROL[1])
+    try:
+        c = poplib.POP3_SSL(popd.host, popd.tls_port, context=popd.client_context(),
+                            timeout=10)
+        c.user("carol")
+        c.pass_(CAROL[0])
+        child, (front,) = child_and_front(popd)
+        assert len(b"".join(c.retr(1)[1])) > len(body) - 20000
+        busy = private_dirty_kb(front)                # within IDLE_AFTER of the reply
+        time.sleep(limits.IDLE_AFTER + 1.0)
+        idle = private_dirty_kb(front)
+        assert busy - idle >= 64, (busy, idle)
+        assert c.stat()[0] == 1                       # and the pipe goes on
+        assert len(b"".join(c.retr(1)[1])) > len(body) - 20000
+        c.quit()
+    finally:
+        popd.write_mbox("carol", MBOX, uid=CAROL[1])
 
 
 def test_a_front_cannot_open_the_key_file(popd):
