@@ -11,7 +11,8 @@ loaded configuration, gc.collect() and gc.freeze() as at start), records
 every object it can reach (gc-tracked objects and their direct referents:
 strings, numbers, code objects) with address, size and a label, and the
 page frame of every present page of the writable mappings: the heap, the
-anonymous ones (pymalloc arenas) and the interpreter's data.  Then it
+anonymous ones (pymalloc arenas) and the interpreter's data.  It takes
+pymalloc's free blocks as the spawner does (unix/malloc.py).  Then it
 forks, and the child does what a slot's child does once the grant is in:
 becomes the owner (a numeric uid), opens a maildrop (Maildrop.open on a
 sample mbox, a state directory as the supervisor prepares it) and serves
@@ -157,6 +158,7 @@ def main():
     from popd import config
     from popd.mail.maildrop import Maildrop
     from popd.pop3.transaction import ChildSession
+    from popd.unix import malloc
 
     # A configuration of its own (tests/daemon.py would bring its imports
     # into the image being measured).
@@ -182,6 +184,7 @@ def main():
         gc.collect()
         addresses, spans = object_map()    # before the freeze: frozen objects are not listed
         gc.freeze()
+        malloc.fill_free_blocks()          # as the spawner does before it forks
         ranges = writable_ranges()
         with open("/proc/self/pagemap", "rb") as f:
             buf = bytearray(pagemap_size(ranges))
