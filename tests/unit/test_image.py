@@ -20,6 +20,17 @@ def test_supervisor_image_leaves_out_costly_modules():
 
 
 
+def test_a_slots_modules_come_before_the_supervisors():
+    """cli.py imports a slot's code first, so that its objects sit together
+    in the allocator's pools rather than among the supervisor's."""
+    code = "import sys, popd.cli; print(' '.join(sys.modules))"
+    names = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split()
+    slot = [i for i, n in enumerate(names) if n.startswith(("popd.slot", "popd.pop3",
+                                                            "popd.mail"))]
+    supervisor = [i for i, n in enumerate(names) if n.startswith("popd.supervisor")]
+    assert slot and supervisor and max(slot) < min(supervisor)
+
 # -- the free blocks the spawner takes before it forks (unix/malloc.py) ------
 
 def test_object_of_size_lands_in_each_size_class():
