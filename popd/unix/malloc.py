@@ -1,8 +1,9 @@
 """What popd asks of the memory allocators: return freed heap to the
 kernel, and keep a forked slot's allocations off the pages it shares.
 
-Runs in: a session's child, after it sent a large message (trim); the
-spawner, once, before it forks slots (fill_free_blocks).
+Runs in: a session's child once its client is idle after a large reply,
+and a TLS front once its pipe is idle (trim); the spawner, once, before
+it forks slots (fill_free_blocks).
 
 trim(): glibc's mmap threshold is dynamic.  A block of more than 128 KiB
 is first mmap()ed, and when it is freed the threshold rises to its size
@@ -23,8 +24,10 @@ every other slot, so the whole page is copied for one object.  Taking
 them all in the spawner, once, before it forks, leaves a slot nothing but
 pools of its own to allocate from (measured with bench/session_memory.py:
 about 150 kB less per session).  The blocks are counted from
-sys._debugmallocstats(), CPython's allocator report; where it says
-nothing (another allocator, PYTHONMALLOC=malloc), nothing is done.
+sys._debugmallocstats(), CPython's allocator report, whose format is
+CPython's own: where it says nothing (another allocator,
+PYTHONMALLOC=malloc), nothing is done, and rows that do not read as a
+size class, or more than MAX_FILL bytes in all, are never taken.
 """
 import ctypes
 import os
@@ -46,6 +49,9 @@ except (OSError, AttributeError):
 _SIZE_CLASS_ROW = re.compile(rb"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$", re.M)
 # An int above the small-int cache, below 2**30: one digit, 28 bytes.
 _ONE_DIGIT_INT = 1 << 20
+# What fill_free_blocks() takes at most (a report read wrong must not make
+# the spawner allocate without bound); measured: 0.3 to 0.4 MB.
+MAX_FILL = 8 * 1024 * 1024
 
 
 def trim():
@@ -79,7 +85,9 @@ def free_blocks():
     finally:
         os.close(report)
     table = text.split(b"# arenas", 1)[0]
-    return {int(m[2]): int(m[5]) for m in _SIZE_CLASS_ROW.finditer(table)}
+    rows = {int(m[2]): int(m[5]) for m in _SIZE_CLASS_ROW.finditer(table)}
+    return {size: free for size, free in rows.items()
+            if size % 16 == 0 and 16 <= size <= 512}
 
 
 def object_of_size(size):
@@ -89,7 +97,7 @@ def object_of_size(size):
         return object()
     if size <= 32:
         return _ONE_DIGIT_INT + 1                     # computed: a new int each call
-    return bytes(size - sys.getsizeof(b""))           # header + size - 33 bytes
+    return bytes(size - sys.getsizeof(b""))           # b"" is 33 bytes: this is `size`
 
 
 # What fill_free_blocks() took: kept for the process's life, never read.
@@ -98,7 +106,10 @@ _taken = []
 
 def fill_free_blocks():
     """Take every free block of pymalloc's pools in use; the number taken."""
+    blocks = free_blocks()
+    if sum(size * free for size, free in blocks.items()) > MAX_FILL:
+        return 0
     before = len(_taken)
-    for size, free in free_blocks().items():
+    for size, free in blocks.items():
         _taken.extend(object_of_size(size) for _ in range(free))
     return len(_taken) - before

@@ -16,7 +16,8 @@ from popd.pop3 import sasl
 from popd.unix import privileges
 from tests import replies
 from tests.clients import CAROL, MBOX, OCTETS, USERS_TLS, Client
-from tests.daemon import LOGIN_UID, USERS, Daemon, caps, gone, in_child, parents, socket_kinds, status
+from tests.daemon import (LOGIN_UID, USERS, Daemon, caps, gone, in_child, parents,
+                          socket_kinds, status)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 

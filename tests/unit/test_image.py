@@ -66,3 +66,9 @@ def test_fill_free_blocks_takes_the_holes_left_in_pools():
     # What is left is in pools opened while filling (mostly untouched pages).
     assert after < before / 10, (before, after)
     assert run.stderr == "fd 2 is back\n"
+
+
+def test_fill_free_blocks_takes_nothing_from_a_report_read_wrong(monkeypatch):
+    from popd.unix import malloc
+    monkeypatch.setattr(malloc, "free_blocks", lambda: {16: malloc.MAX_FILL})
+    assert malloc.fill_free_blocks() == 0
