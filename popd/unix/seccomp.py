@@ -66,10 +66,11 @@ IO = ["read", "write", "recvfrom", "sendto", "recvmsg", "sendmsg", "shutdown", "
 WAIT = ["pselect6", "select"]          # select.select(): glibc uses either
 SOCKET_INFO = ["getsockname", "getpeername", "getsockopt"]   # socket(fileno=), ssl
 MISC = ["getpid", "getrandom", "brk", "exit_group", "exit"]  # OpenSSL, os.urandom
-# Not seen in the tests, but made by the C library or the kernel rather
-# than by popd, depending on allocation sizes and the machine: the
-# allocator's big blocks, the vDSO's fallback, the return from a signal
-# handler and the restart of a call interrupted by SIGSTOP/SIGCONT.
+# The allocator's big blocks, and an idle TLS pipe giving its buffers and
+# freed heap back (madvise; slot/tls_pipe.py).  Then, not seen in the tests
+# but made by the C library or the kernel rather than by popd, depending on
+# the machine: the vDSO's fallback, the return from a signal handler and the
+# restart of a call interrupted by SIGSTOP/SIGCONT.
 MEMORY = ["munmap", "mremap", "madvise"]
 CLOCKS = ["clock_gettime", "gettimeofday", "clock_nanosleep", "nanosleep"]
 SIGNALS = ["rt_sigreturn", "restart_syscall"]

@@ -258,6 +258,7 @@ def test_an_idle_tls_pipe_gives_back_its_buffers(popd):
         c.user("carol")
         c.pass_(CAROL[0])
         child, (front,) = child_and_front(popd)
+        assert status(front)["Seccomp"] == "2"        # what it calls is in the filter
         assert len(b"".join(c.retr(1)[1])) > len(body) - 20000
         busy = private_dirty_kb(front)                # within IDLE_AFTER of the reply
         time.sleep(limits.IDLE_AFTER + 1.0)
