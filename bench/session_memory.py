@@ -12,7 +12,9 @@ libc and the rest of the shared libraries), and sums Pss, Private_Dirty
 and Shared per class and per role (the process title: supervisor,
 spawner, child idle, child session, front, lock-helper ...).  Run once
 on the idle server and once with N logged-in sessions, the difference per
-session by role and class is what a session costs and where.
+session by role and class is what a session costs and where.  It also
+prints the minor page faults per session by role (/proc/PID/stat): each
+copy-on-write copy and each new page a process touched is one.
 """
 import collections
 import os
@@ -80,11 +82,22 @@ def role(pid):
     return title[len("popd: "):].split(" [")[0] if title.startswith("popd: ") else title
 
 
+def minor_faults(pid):
+    """Minor page faults since the process started (/proc/PID/stat field
+    10): each copy-on-write copy, and each new page, is one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(stat.rsplit(b")", 1)[1].split()[7])
+
+
 def snapshot(pids):
-    """{(role, class): {field: kB}} summed over the processes, and the
-    number of processes per role."""
+    """{(role, class): {field: kB}} summed over the processes, the number
+    of processes per role, and {pid: (role, minor faults)}."""
     table = collections.defaultdict(lambda: dict.fromkeys(FIELDS, 0))
     count = collections.Counter()
+    faults = {}
     for pid in pids:
         r = role(pid)
         if r is None:
@@ -93,12 +106,26 @@ def snapshot(pids):
         for cls, fields in smaps(pid).items():
             for k, v in fields.items():
                 table[r, cls][k] += v
-    return table, count
+        n = minor_faults(pid)
+        if n is not None:
+            faults[pid] = (r, n)
+    return table, count, faults
+
+
+def faults_per_session(before, after, sessions):
+    """{role: minor faults per session}: each process's faults since the
+    first snapshot (all of them for one started since), by its role in
+    the second.  Processes that ended in between (a cleartext session's
+    front) are not counted."""
+    out = collections.Counter()
+    for pid, (r, n) in after[2].items():
+        out[r] += n - before[2].get(pid, (r, 0))[1]
+    return {r: n / sessions for r, n in out.items()}
 
 
 def difference(before, after, sessions):
     """Lines of text: what N sessions added, per session, by role and class."""
-    (t0, c0), (t1, c1) = before, after
+    (t0, c0, _), (t1, c1, _) = before, after
     roles = sorted({r for r, _ in t1} | {r for r, _ in t0})
     lines = [f"{'role / mapping':46} {'Pss':>8} {'PrivDirty':>9}   kB per session "
              f"({sessions} sessions)"]
@@ -117,6 +144,11 @@ def difference(before, after, sessions):
         for cls, pss, dirty in sorted(rows, key=lambda x: -abs(x[1])):
             lines.append(f"  {cls:44} {pss:8.1f} {dirty:9.1f}")
     lines.append(f"{'total':46} {total:8.1f}")
+    faults = faults_per_session(before, after, sessions)
+    lines.append("minor page faults per session, by role (copy-on-write copies and new "
+                 "pages; a cleartext front has exited and is not counted):")
+    lines.append("  " + ", ".join(f"{r} {n:.0f}" for r, n in
+                                  sorted(faults.items(), key=lambda x: -x[1]) if n >= 0.5))
     return lines
 
 
