@@ -68,10 +68,7 @@ class BrokerLink:
         self.reap(block=True)
 
     def kill(self):
-        try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        process.send_signal(self.pidfd, signal.SIGKILL)
 
     def reap(self, block=False):
         try:

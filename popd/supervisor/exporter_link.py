@@ -95,10 +95,7 @@ class ExporterLink:
 
     def kill(self, why):
         log.warning("metrics exporter (pid %d) %s; killing it", self.pid, why)
-        try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        process.send_signal(self.pidfd, signal.SIGKILL)
 
     def on_exit(self, _):
         """It is gone (the supervisor's waitpid loop reaps it): forget it,

@@ -439,7 +439,7 @@ class Supervisor:
                                       + limits.FRONT_KILL_GRACE)
         else:
             # The slot is over: its front must not outlive it.
-            send_signal(slot.front_pidfd, signal.SIGKILL)
+            process.send_signal(slot.front_pidfd, signal.SIGKILL)
         self.maybe_forget(slot)
 
     def on_front_exit(self, slot):
@@ -473,8 +473,8 @@ class Supervisor:
             slot.killed = why
             log.warning('slot %d: session of user="%s" (rip=%s) %s; killing it',
                         slot.id, slot.login, slot.peer, why, session=slot.session)
-        send_signal(slot.pidfd, signal.SIGKILL)
-        send_signal(slot.front_pidfd, signal.SIGKILL)
+        process.send_signal(slot.pidfd, signal.SIGKILL)
+        process.send_signal(slot.front_pidfd, signal.SIGKILL)
 
     def session_over(self, slot):
         """A granted child is gone: its maildrop is free (a grant waiting
@@ -618,7 +618,7 @@ class Supervisor:
             if ((kind == "user" and slot.granted_login == value)
                     or (kind == "address" and str(ipaddress.ip_address(slot.peer)) == value)
                     or (kind == "pid" and slot.pid == value)):
-                send_signal(slot.pidfd, signal.SIGUSR1)
+                process.send_signal(slot.pidfd, signal.SIGUSR1)
                 kicked.append({"session": slot.session, "pid": slot.pid,
                                "user": slot.login, "address": slot.peer})
         log.info("kick %s %s: %d session(s)", kind, sanitize(str(value), 64), len(kicked))
@@ -661,7 +661,7 @@ class Supervisor:
             elif now > until:
                 log.warning("slot %d: front still piping after its child "
                             "ended; killing it", slot.id)
-                send_signal(slot.front_pidfd, signal.SIGKILL)
+                process.send_signal(slot.front_pidfd, signal.SIGKILL)
                 del self.draining[sid]
         while self.pending and now - self.pending[0].since > self.cfg.limits.login_deadline:
             self.refuse_waiting(self.pending.popleft(), "limit")
@@ -701,17 +701,6 @@ def new_session_id():
     the secrets module: it imports random, which test_image.py keeps out
     of the image every slot is forked from.)"""
     return os.urandom(4).hex()
-
-
-def send_signal(pidfd, sig):
-    """Signal through a pidfd (never hits a recycled pid); a process that
-    has already exited is fine."""
-    if pidfd is None:
-        return
-    try:
-        signal.pidfd_send_signal(pidfd, sig)
-    except ProcessLookupError:
-        pass
 
 
 def dispatch(sel, timeout):

@@ -98,6 +98,17 @@ def reap_children():
                                  os.WTERMSIG(status))
 
 
+def send_signal(pidfd, sig):
+    """Signal through a pidfd (never hits a recycled pid); a process that
+    has already exited, or none (None), is fine."""
+    if pidfd is None:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        pass
+
+
 def wait_or_kill(pidfd, grace):
     """Wait up to `grace` seconds for the process behind `pidfd` to exit;
     then SIGKILL it and wait as long again.  True if it left by itself.
