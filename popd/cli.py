@@ -15,6 +15,7 @@ import sys
 # before the supervisor's modules, a slot's objects are not spread among
 # theirs (bench/session_memory.py: about 100 kB less per session).
 import popd.slot.child  # noqa: F401,I001  (first: see above)
+import popd.slot.warmup  # noqa: F401,I001  (run by the spawner, part of the slot code)
 from popd import __version__, config
 from popd.supervisor import daemonize, startup_checks
 from popd.supervisor import loop as supervisor

@@ -36,13 +36,17 @@ class MailboxError(Exception):
         self.code, self.text = code, text
 
 
+def state_key(path):
+    """The name its state files share in the owner's state directory."""
+    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
 class Maildrop:
     def __init__(self, path, uid, state_dir, lock_helper=None,
                  uidl_source=("popd",), expire_days=None):
         self.path = path
         self.uid = uid
-        key = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:20]
-        base = os.path.join(state_dir, str(uid), key)
+        base = os.path.join(state_dir, str(uid), state_key(path))
         self.journal = base + ".journal"
         self.index_file = base + ".index"
         self.uid_state = base + ".uidl"

@@ -30,7 +30,7 @@ import socket
 
 from popd import ipc, limits
 from popd.ipc import Channel, Role
-from popd.slot import child
+from popd.slot import child, warmup
 from popd.unix import logsetup, malloc, process, proctitle
 from popd.unix.logsetup import log
 
@@ -46,6 +46,9 @@ def run(cfg, sock):
     logsetup.setup(cfg.logging)
     proctitle.set_title(proctitle.SPAWNER)
     sock.setblocking(False)
+    # Tables and caches a session fills at its first use, filled once here
+    # in the image every slot shares (slot/warmup.py).
+    warmup.warm()
     # The free blocks a slot would otherwise allocate from in pages it
     # shares with every other slot (unix/malloc.py).
     malloc.fill_free_blocks()

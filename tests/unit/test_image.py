@@ -72,3 +72,53 @@ def test_fill_free_blocks_takes_nothing_from_a_report_read_wrong(monkeypatch):
     from popd.unix import malloc
     monkeypatch.setattr(malloc, "free_blocks", lambda: {16: malloc.MAX_FILL})
     assert malloc.fill_free_blocks() == 0
+
+
+# -- what the spawner sets up once for every slot (slot/warmup.py) -----------
+
+def _blocks_kept_by_a_first_uidl(warm_first):
+    """pymalloc blocks still allocated after one UIDL base in a fresh
+    process: what a slot would keep in its private memory."""
+    code = ("import sys, popd.cli\n"
+            "from popd.mail import uidl\n"
+            "from popd.slot import warmup\n"
+            f"if {warm_first}:\n"
+            "    warmup.warm()\n"
+            "before = sys.getallocatedblocks()\n"
+            "uidl.base_id(b'From a@b Thu Nov 26 10:00:00 2026\\nSubject: x\\n')\n"
+            "print(sys.getallocatedblocks() - before)\n")
+    return int(subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
+                              capture_output=True, text=True).stdout)
+
+
+def test_warm_up_builds_what_a_first_uidl_would_keep():
+    """base64.b32encode builds a 1,024-entry table at its first call: built
+    by the warm-up, a slot's first UIDL base keeps next to nothing."""
+    assert _blocks_kept_by_a_first_uidl(False) > 1000      # the table, built per slot
+    assert _blocks_kept_by_a_first_uidl(True) < 50
+
+
+def test_warm_up_handshake_completes_and_a_failed_one_is_only_logged(monkeypatch):
+    import ssl
+
+    import trustme
+
+    from popd.slot import warmup
+    from popd.unix import logsetup, tls
+
+    cert = trustme.CA().issue_cert("localhost")
+    good = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(good)
+    good.num_tickets = 0
+    warmup._warm_tls(good)                                  # raises if it did not finish
+
+    lines = []
+
+    class Keep(logsetup.Handler):
+        def emit(self, level, text):
+            lines.append(text)
+
+    monkeypatch.setattr(logsetup.log, "handler", Keep())
+    monkeypatch.setattr(tls, "_context", ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))  # no certificate
+    warmup.warm()
+    assert len(lines) == 1 and "TLS warm-up handshake failed" in lines[0], lines
