@@ -30,7 +30,7 @@ def _line(text):
     return f"popd[{os.getpid()}]: {text}"
 
 
-def _timestamp():
+def timestamp():
     """Local time to the millisecond, with its UTC offset (ISO 8601)."""
     now = time.time()
     zone = time.strftime("%z", time.localtime(now))
@@ -62,7 +62,7 @@ class StreamHandler(Handler):
     def emit(self, level, text):
         line = _line(text)
         if self.timestamps:
-            line = f"{_timestamp()} {line}"
+            line = f"{timestamp()} {line}"
         try:
             os.write(2, line.encode("utf-8", "backslashreplace") + b"\n")
         except OSError:
