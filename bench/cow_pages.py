@@ -11,16 +11,19 @@ loaded configuration, gc.collect() and gc.freeze() as at start), records
 every object it can reach (gc-tracked objects and their direct referents:
 strings, numbers, code objects) with address, size and a label, and the
 page frame of every present page of the writable mappings: the heap, the
-anonymous ones (pymalloc arenas) and the interpreter's data.  It takes
-pymalloc's free blocks as the spawner does (unix/malloc.py).  Then it
-forks, and the child does what a slot's child does once the grant is in:
+anonymous ones (pymalloc arenas) and the interpreter's data.  It runs the
+spawner's warm-up (slot/warmup.py, without TLS: no context here) and
+takes pymalloc's free blocks as the spawner does (unix/malloc.py).  Then
+it forks, and the child does what a slot's child does once the grant is in:
 becomes the owner (a numeric uid), opens a maildrop (Maildrop.open on a
 sample mbox, a state directory as the supervisor prepares it) and serves
 a POP3 session (ChildSession over a socketpair, driven by the parent:
 STAT, LIST, UIDL, RETR 1, TOP 2 0, DELE 3, NOOP, RSET, QUIT), then reads
-its page frames again.  A page whose frame changed was copied on write;
-each is charged to the objects on it, by label (the module, for code
-objects, functions and module dicts).  A copied page with no recorded
+its page frames again, after each of three phases (becoming the owner,
+opening the maildrop, the session).  A page whose frame changed was
+copied on write; each is charged to the objects on it, by label (the
+module, for code objects, functions and module dicts), for the whole
+run and for the phase that copied it first.  A copied page with no recorded
 object holds allocator state, objects made after the freeze, or free
 space reused.  It is an approximation of a real child's (no front, no
 broker, no fork of its own), good for ranking where copies come from.
@@ -158,6 +161,7 @@ def main():
     from popd import config
     from popd.mail.maildrop import Maildrop
     from popd.pop3.transaction import ChildSession
+    from popd.slot import warmup
     from popd.unix import malloc
 
     # A configuration of its own (tests/daemon.py would bring its imports
@@ -184,7 +188,8 @@ def main():
         gc.collect()
         addresses, spans = object_map()    # before the freeze: frozen objects are not listed
         gc.freeze()
-        malloc.fill_free_blocks()          # as the spawner does before it forks
+        warmup.warm()                      # as the spawner does before it forks
+        malloc.fill_free_blocks()
         ranges = writable_ranges()
         with open("/proc/self/pagemap", "rb") as f:
             buf = bytearray(pagemap_size(ranges))
@@ -194,24 +199,40 @@ def main():
         if pid == 0:
             ours.close()
             pagemap = open("/proc/self/pagemap", "rb", buffering=0)
-            after_buf = bytearray(pagemap_size(ranges))     # new pages, not counted
-            skip = ctypes.addressof(ctypes.c_char.from_buffer(after_buf))
-            skip = range(skip // PAGE * PAGE, skip + len(after_buf) + PAGE)
+            # One buffer per phase, made before any phase: new pages, not counted.
+            phases = [(name, bytearray(pagemap_size(ranges)))
+                      for name in ("becoming the owner", "opening the maildrop", "the session")]
+            skip = set()
+            for _, phase_buf in phases:
+                start = ctypes.addressof(ctypes.c_char.from_buffer(phase_buf))
+                skip.update(range(start // PAGE * PAGE, start + len(phase_buf) + PAGE, PAGE))
             code = 0
             try:
                 gc.freeze()                       # as process.after_fork does
                 os.setgroups([])
                 os.setresgid(OWNER_UID, OWNER_UID, OWNER_UID)
                 os.setresuid(OWNER_UID, OWNER_UID, OWNER_UID)
+                read_pagemap(ranges, pagemap, phases[0][1])
                 drop = Maildrop(str(box), OWNER_UID, cfg.mail.state_dir, None,
                                 cfg.mail.uidl_source, cfg.mail.expire_days)
                 drop.open()
+                read_pagemap(ranges, pagemap, phases[1][1])
                 session = ChildSession(theirs, cfg, drop, b"")
                 session.serve()
                 session.close()
                 drop.close()
-                read_pagemap(ranges, pagemap, after_buf)
-                after = frames(ranges, after_buf)
+                read_pagemap(ranges, pagemap, phases[2][1])
+                seen = set()
+                for name, phase_buf in phases:
+                    now = frames(ranges, phase_buf)
+                    first = {p for p, f in before.items()
+                             if now.get(p, f) != f and p not in skip and p not in seen}
+                    seen |= first
+                    table, unknown = charge(first, addresses, spans)
+                    print(f"{name}: {len(first)} pages copied first in this phase; most: "
+                          + ", ".join(f"{k} {v:.0f}" for k, v in table.most_common(6))
+                          + f", no recorded object {unknown}")
+                after = now
                 copied = {p for p, f in before.items() if after.get(p, f) != f and p not in skip}
                 new = len({p for p in after if p not in before and p not in skip})
                 table, unknown = charge(copied, addresses, spans)
