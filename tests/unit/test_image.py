@@ -3,6 +3,7 @@ the spawner), so each module here is paid at every fork and exit, and
 modules with fork handlers run Python code in every new process.  See
 logsetup.py (logging, threading), broker_link.py (passlib) and seccomp.py
 (no Python binding)."""
+import os
 import subprocess
 import sys
 
@@ -122,3 +123,51 @@ def test_warm_up_handshake_completes_and_a_failed_one_is_only_logged(monkeypatch
     monkeypatch.setattr(tls, "_context", ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))  # no certificate
     warmup.warm()
     assert len(lines) == 1 and "TLS warm-up handshake failed" in lines[0], lines
+
+
+def test_slots_forked_after_the_warm_up_handshake_draw_their_own_randomness():
+    """The warm-up leaves OpenSSL's random generators seeded in the image
+    every front inherits; OpenSSL must reseed them in each fork (it checks
+    the pid), or two fronts would make the same keys.  Two forks each run
+    a TLS 1.2 handshake: their Finished messages (tls-unique) differ."""
+    import socket
+    import ssl
+
+    import trustme
+
+    from popd.slot import warmup
+
+    cert = trustme.CA().issue_cert("localhost")
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(server_ctx)
+    server_ctx.num_tickets = 0
+    warmup._warm_tls(server_ctx)
+
+    def handshake_in_a_fork():
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                client_ctx.check_hostname = False
+                client_ctx.verify_mode = ssl.CERT_NONE
+                client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+                a, b = socket.socketpair()
+                a.setblocking(False)
+                b.setblocking(False)
+                server = server_ctx.wrap_socket(a, server_side=True,
+                                                do_handshake_on_connect=False)
+                client = client_ctx.wrap_socket(b, do_handshake_on_connect=False)
+                warmup._handshake_both(server, client)
+                os.write(w, server.get_channel_binding("tls-unique"))
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        return data
+
+    first, second = handshake_in_a_fork(), handshake_in_a_fork()
+    assert len(first) >= 12 and len(second) >= 12
+    assert first != second
