@@ -4,6 +4,7 @@ Runs in: the benchmark process, as root (bench/compare.py's pss scenario
 prints it for popd; run alone it starts its own popd):
 
     /opt/popd/bin/python bench/session_memory.py [--sessions 50] [--mode plain|implicit]
+                                                 [--repeat-open]
 
 For every popd process it reads /proc/PID/smaps, classifies each mapping
 (heap, anonymous: pymalloc arenas and big buffers, stack, the interpreter
@@ -15,6 +16,12 @@ on the idle server and once with N logged-in sessions, the difference per
 session by role and class is what a session costs and where.  It also
 prints the minor page faults per session by role (/proc/PID/stat): each
 copy-on-write copy and each new page a process touched is one.
+
+Each maildrop is opened for the first time by its measured session
+(scanned, its UIDLs computed, its index cache written), as in
+bench/compare.py; with --repeat-open every user first logs in and quits
+once, so the measured sessions open maildrops popd has seen before (the
+index cache read instead), as most sessions of a running server do.
 """
 import collections
 import os
@@ -155,6 +162,7 @@ def difference(before, after, sessions):
 def main():
     import argparse
     import asyncio
+    import poplib
     import ssl
     import time
 
@@ -164,6 +172,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=50)
     ap.add_argument("--mode", choices=("plain", "implicit"), default="plain")
+    ap.add_argument("--repeat-open", action="store_true",
+                    help="open every maildrop once before the measured sessions")
     args = ap.parse_args()
     n = args.sessions
     users = {f"m{i}": (f"pw{i}", 61300 + i, 61300 + i) for i in range(n)}
@@ -173,6 +183,13 @@ def main():
         for login, (_, uid, _) in users.items():
             d.write_mbox(login, b"From a@b Thu Nov 26 10:00:00 2026\nSubject: x\n\nhello\n\n",
                          uid=uid)
+        if args.repeat_open:
+            for login, (pw, _, _) in users.items():
+                client = poplib.POP3(d.host, d.port)
+                client.user(login)
+                client.pass_(pw)
+                client.stat()
+                client.quit()
         procs = Tree(d.proc.pid)
         time.sleep(1)
         before = snapshot(wait_settled(procs, quiet=1.0))
