@@ -15,7 +15,7 @@ import pytest
 
 from popd.ctl import ask
 from tests.clients import MBOX, SourcePOP3, msg
-from tests.daemon import REPO, USERS, Daemon
+from tests.daemon import REPO, USERS, Daemon, output_of_child
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 
@@ -32,25 +32,16 @@ def ask_as(d, request, uid, gid, groups=()):
     package, which a checkout in a 0700 directory denies them) and asking
     as `popd ctl` does: the answer, or "refused at connect" when the
     socket's mode denies them."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+    def asking():
+        os.setgroups(list(groups))
+        os.setgid(gid)
+        os.setuid(uid)
         try:
-            os.close(r)
-            os.setgroups(list(groups))
-            os.setgid(gid)
-            os.setuid(uid)
-            try:
-                os.write(w, ask(str(d.base / "popd.ctl"), request.decode()))
-            except PermissionError:
-                os.write(w, b"refused at connect")
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        answer = f.read()
-    os.waitpid(pid, 0)
-    return answer.decode()
+            return ask(str(d.base / "popd.ctl"), request.decode())
+        except PermissionError:
+            return b"refused at connect"
+
+    return output_of_child(asking).decode()
 
 
 def ctl_json(d, *command):

@@ -3,11 +3,10 @@ the spawner), so each module here is paid at every fork and exit, and
 modules with fork handlers run Python code in every new process.  See
 logsetup.py (logging, threading), broker_link.py (passlib) and seccomp.py
 (no Python binding)."""
-import os
 import subprocess
 import sys
 
-from tests.daemon import REPO
+from tests.daemon import REPO, output_of_child
 
 KEPT_OUT = ("logging", "threading", "passlib", "argon2", "pyseccomp", "random")
 
@@ -143,31 +142,20 @@ def test_slots_forked_after_the_warm_up_handshake_draw_their_own_randomness():
     server_ctx.num_tickets = 0
     warmup._warm_tls(server_ctx)
 
-    def handshake_in_a_fork():
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                client_ctx.check_hostname = False
-                client_ctx.verify_mode = ssl.CERT_NONE
-                client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-                a, b = socket.socketpair()
-                a.setblocking(False)
-                b.setblocking(False)
-                server = server_ctx.wrap_socket(a, server_side=True,
-                                                do_handshake_on_connect=False)
-                client = client_ctx.wrap_socket(b, do_handshake_on_connect=False)
-                warmup._handshake_both(server, client)
-                os.write(w, server.get_channel_binding("tls-unique"))
-            finally:
-                os._exit(0)
-        os.close(w)
-        with os.fdopen(r, "rb") as f:
-            data = f.read()
-        os.waitpid(pid, 0)
-        return data
+    def handshake():
+        client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client_ctx.check_hostname = False
+        client_ctx.verify_mode = ssl.CERT_NONE
+        client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        server = server_ctx.wrap_socket(a, server_side=True,
+                                        do_handshake_on_connect=False)
+        client = client_ctx.wrap_socket(b, do_handshake_on_connect=False)
+        warmup._handshake_both(server, client)
+        return server.get_channel_binding("tls-unique")
 
-    first, second = handshake_in_a_fork(), handshake_in_a_fork()
+    first, second = output_of_child(handshake), output_of_child(handshake)
     assert len(first) >= 12 and len(second) >= 12
     assert first != second

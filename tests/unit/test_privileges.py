@@ -7,6 +7,7 @@ import os
 import pytest
 
 from popd.unix import privileges
+from tests.daemon import output_of_child
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -26,19 +27,9 @@ def status_caps():
 
 def in_a_fork(action):
     """Run action() in a child; its return value comes back through a pipe."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.write(w, repr(action()).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        data = f.read()
-    os.waitpid(pid, 0)
+    data = output_of_child(lambda: repr(action()).encode())
     assert data, "the child failed"
-    return ast.literal_eval(data)         # what repr() wrote
+    return ast.literal_eval(data.decode())    # what repr() wrote
 
 
 def test_capset_then_capget_round_trip_both_words():
