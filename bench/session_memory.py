@@ -162,6 +162,7 @@ def difference(before, after, sessions):
 def main():
     import argparse
     import asyncio
+    import platform
     import poplib
     import ssl
     import time
@@ -214,6 +215,9 @@ def main():
         held = loop.run_until_complete(open_all())
         time.sleep(2)
         after = snapshot(wait_settled(procs, quiet=1.5))
+        # Which interpreter: the figures differ by Python version (README).
+        print(f"popd on Python {platform.python_version()} ({sys.executable}), "
+              f"{n} {args.mode} sessions{', repeat opens' if args.repeat_open else ''}")
         print("\n".join(difference(before, after, n)))
         for w in held:
             w.close()
