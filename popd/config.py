@@ -550,9 +550,14 @@ _StrictLoader.add_constructor(
 def _read_yaml(path):
     try:
         with open(path, "rb") as f:
-            text = f.read(1 << 20)
+            text = f.read(limits.CONFIG_FILE_MAX + 1)
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    if len(text) > limits.CONFIG_FILE_MAX:
+        # Parsing only the first MiB would let keys past it fall back to
+        # their defaults without a word.
+        raise ConfigError([f"{path}: longer than {limits.CONFIG_FILE_MAX >> 20} MiB; "
+                           f"is this the configuration file?"])
     try:
         data = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as e:
@@ -578,6 +583,12 @@ def _flatten(data, problems, path):
                 continue
             for sub, subvalue in value.items():
                 flat[f"{key}.{sub}"] = subvalue
+        elif "." in str(key) and str(key).split(".")[0] in SECTIONS:
+            # "limits.max_children: 3" at the top level would bypass the
+            # duplicate-key check against a "limits:" section.
+            section, sub = str(key).split(".", 1)
+            problems.append(f"{path}: {key}: write it inside its section "
+                            f"({section}: {{{sub}: ...}}); see popd.yaml(5)")
         else:
             flat[str(key)] = value
     return flat

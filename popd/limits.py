@@ -126,6 +126,10 @@ SESSION_STOPPED_GRACE = 5.0
 # plus this long is killed: it would have woken for its own idle timeout.
 SESSION_STALL_GRACE = 10.0
 
+# popd.yaml (config.py): a real one is a few KiB; a longer file is refused
+# rather than read in part.
+CONFIG_FILE_MAX = 1 << 20
+
 # Seconds of limits.login_deadline that limits.auth_delay_max must leave
 # free (config.py checks it): the TLS handshake, the client's USER/PASS and
 # the hashing happen inside the same deadline.

@@ -45,6 +45,19 @@ def test_duplicate_key_is_an_error(tmp_path):
     assert "duplicate key 'user'" in p and "line 9" in p
 
 
+def test_a_dotted_key_outside_its_section_is_refused(tmp_path):
+    # Else it would bypass the duplicate check against the section.
+    (p,) = problems(tmp_path, GOOD + "auth: {backend: [passwd-file]}\n"
+                                     "auth.backend: [system]\n")
+    assert "auth.backend: write it inside its section (auth: {backend: ...})" in p, p
+
+
+def test_a_file_longer_than_the_bound_is_refused_not_read_in_part(tmp_path):
+    # The key past the first MiB must not silently fall back to its default.
+    (p,) = problems(tmp_path, GOOD + "#" * (1 << 20) + "\nlimits: {max_children: 3}\n")
+    assert "longer than 1 MiB" in p, p
+
+
 @pytest.mark.parametrize("extra,expected", [
     ("limits: {max_children: 0}", "limits.max_children: 0 is out of range; allowed: 1..4096"),
     ("limits: {max_children: yes}", "limits.max_children: True is not an integer"),
