@@ -667,15 +667,17 @@ def _cross_checks(v, given=()):
                        f"({cap}); set {name} to at most {cap}")
     # The front's login deadline includes the broker's delay: a delay that
     # fills it turns every delayed answer into "Login timed out".
-    spare = v["limits.login_deadline"] - v["limits.auth_delay_max"]
+    deadline, delay_max = v["limits.login_deadline"], v["limits.auth_delay_max"]
+    spare = deadline - delay_max
     if v["limits.auth_delay_min"] > 0 and spare < limits.LOGIN_HEADROOM:
-        out.append(f"limits.auth_delay_max: {v['limits.auth_delay_max']} leaves "
-                   f"{spare} s of limits.login_deadline "
-                   f"({v['limits.login_deadline']}), less than "
-                   f"{limits.LOGIN_HEADROOM} s for the handshake and the client; "
-                   f"lower auth_delay_max to at most "
-                   f"{max(0, v['limits.login_deadline'] - limits.LOGIN_HEADROOM)} "
-                   f"or raise login_deadline")
+        room = deadline - limits.LOGIN_HEADROOM
+        fixes = (f"lower auth_delay_max to at most {room} or " if room >= 0 else "")
+        fixes += f"raise login_deadline to at least {delay_max + limits.LOGIN_HEADROOM}"
+        if room < 0:
+            fixes += ", or set limits.auth_delay_min to 0 (no delays)"
+        out.append(f"limits.auth_delay_max: {delay_max} leaves {spare} s of "
+                   f"limits.login_deadline ({deadline}), less than "
+                   f"{limits.LOGIN_HEADROOM} s for the handshake and the client; {fixes}")
     metrics = v["metrics.listen"]
     if metrics is not None and any((l.address, l.port) == (metrics.address, metrics.port)
                                    for l in v["listen"]):

@@ -206,7 +206,13 @@ def test_auth_delay_max_must_leave_room_in_the_login_deadline(tmp_path):
         config.load(str(bad))
     (line,) = e.value.problems
     assert "limits.auth_delay_max: 30" in line and "limits.login_deadline (30)" in line
-    assert "at most 20" in line
+    assert "at most 20" in line and "raise login_deadline to at least 40" in line
+    # A deadline under the headroom itself: no auth_delay_max fits, so the
+    # line does not suggest one.
+    (line,) = problems(tmp_path, GOOD + "limits: {login_deadline: 8}\n")
+    assert "lower auth_delay_max" not in line, line
+    assert "raise login_deadline to at least 30" in line
+    assert "set limits.auth_delay_min to 0" in line
     # Delays off: nothing to leave room for.
     config.load(str(write(tmp_path, GOOD + "limits: {auth_delay_min: 0, auth_delay_max: 30,"
                                           " login_deadline: 30}\n")))
