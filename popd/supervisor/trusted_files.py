@@ -65,16 +65,22 @@ def user_state_directory(state_dir, uid, gid):
 
 def _chain_problem(path):
     """A directory on the way to a trusted file that someone other than
-    root can write (without the sticky bit) lets them swap the file."""
+    root can write (without the sticky bit) lets them swap the file: its
+    owner if not root, everyone, or the members of a group other than
+    root's."""
     directory = os.path.dirname(os.path.realpath(path))
     while True:
         st = os.stat(directory)
         if st.st_uid != 0 and directory != "/":
             return (f"{_describe(directory, st)} (on the way to {path}) is not "
                     f"owned by root; run: chown root {directory}")
-        if st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX:
-            return (f"{_describe(directory, st)} (on the way to {path}) is "
-                    f"writable by everyone; run: chmod o-w {directory}")
+        if not st.st_mode & stat.S_ISVTX:
+            if st.st_mode & 0o002:
+                return (f"{_describe(directory, st)} (on the way to {path}) is "
+                        f"writable by everyone; run: chmod o-w {directory}")
+            if st.st_mode & 0o020 and st.st_gid != 0:
+                return (f"{_describe(directory, st)} (on the way to {path}) is "
+                        f"writable by group {st.st_gid}; run: chmod g-w {directory}")
         if directory == "/":
             return None
         directory = os.path.dirname(directory)

@@ -247,6 +247,28 @@ UNSAFE_FILES = [
 ]
 
 
+@pytest.mark.parametrize("mode, said", [(0o775, "is writable by group 60001; run: chmod g-w"),
+                                         (0o777, "is writable by everyone; run: chmod o-w")])
+def test_a_directory_others_can_write_on_the_way_to_a_trusted_file_is_refused(mode, said):
+    """popd(8), START-UP CHECKS: whoever can write a directory on the way to
+    the configuration, the passwd file or the TLS key can swap them; a
+    group other than root's counts as well as everyone."""
+    d = Daemon(tls=True)
+    try:
+        os.chown(d.base, 0, 60001)
+        os.chmod(d.base, mode)
+        check = subprocess.run([sys.executable, "-m", "popd", "-c", str(d.config),
+                                "--check-config"], capture_output=True, text=True,
+                               cwd=REPO, timeout=60)
+        assert check.returncode == 1
+        for trusted in (d.config, d.passwd_file, d.base / "key.pem"):
+            line = (f"popd: {d.base} (owner 0, mode {mode:04o}) (on the way to {trusted}) "
+                    f"{said} {d.base}")
+            assert line in check.stderr.splitlines(), check.stderr
+    finally:
+        shutil.rmtree(d.base, ignore_errors=True)
+
+
 @pytest.mark.parametrize("fix, said", UNSAFE_FILES)
 def test_unsafe_files_are_refused_by_check_config_and_at_start(fix, said):
     """Issue 11: --check-config refuses what a start refuses (a key owned
