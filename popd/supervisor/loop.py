@@ -466,11 +466,13 @@ class Supervisor:
             self.sel.unregister(link.sock)
             link.sock.close()              # it exits; on_broker_exit reaps it
 
-    def kill_slot(self, slot, why=None):
+    def kill_slot(self, slot, why=None, reason="other"):
         """SIGKILL the slot's child and front; `why`, for a granted slot,
-        becomes its session's end (session_over logs it)."""
+        becomes its session's end (session_over logs it), counted once
+        under `reason` (stats.KILLS)."""
         if why and slot.granted and slot.pidfd is not None and slot.killed is None:
             slot.killed = why
+            self.stats.killed[reason] += 1
             log.warning('slot %d: session of user="%s" (rip=%s) %s; killing it',
                         slot.id, slot.login, slot.peer, why, session=slot.session)
         process.send_signal(slot.pidfd, signal.SIGKILL)
@@ -650,8 +652,8 @@ class Supervisor:
                 why = sessions.stall_reason(slot.pid, slot.watch, now,
                                             self.cfg.limits.idle_timeout)
                 if why:
-                    self.stats.killed["stopped" if why.startswith("stopped") else "stalled"] += 1
-                    self.kill_slot(slot, why)
+                    self.kill_slot(slot, why,
+                                   "stopped" if why.startswith("stopped") else "stalled")
         for sid in self.maildrops.expired_waits(now):
             self.refuse_session(self.pool.slots.get(sid))
         for sid, until in list(self.draining.items()):
@@ -667,9 +669,7 @@ class Supervisor:
             self.refuse_waiting(self.pending.popleft(), "limit")
         if self.stopping and now >= self.stop_deadline:
             for slot in self.pool.slots.values():
-                if slot.granted and slot.pidfd is not None and slot.killed is None:
-                    self.stats.killed["shutdown-grace"] += 1
-                self.kill_slot(slot, "outlived the shutdown grace")
+                self.kill_slot(slot, "outlived the shutdown grace", "shutdown-grace")
 
     def begin_stop(self):
         self.stopping = True

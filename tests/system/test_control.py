@@ -186,6 +186,27 @@ def test_counters_move_exactly_as_a_scripted_run_predicts():
     assert delta("login_seconds", "count") == 1
 
 
+def test_a_session_killed_for_another_reason_is_counted_as_other():
+    """A granted session whose state directory the supervisor cannot use
+    (here a file where <state_dir>/<uid>/ should be) is killed, and
+    counted under killed "other": the only reason not counted before."""
+    with Daemon() as d:
+        d.write_mbox("alice", MBOX)
+        (d.base / "state" / str(USERS["alice"][1])).write_text("not a directory\n")
+        before = ctl_json(d, "stats")["killed"]
+        c = poplib.POP3(d.host, d.port, timeout=10)
+        c.user("alice")
+        with pytest.raises((poplib.error_proto, OSError)):
+            c.pass_(USERS["alice"][0])
+            c.stat()
+        d.wait_for_log("has no usable state directory; killing it")
+        after = wait_for(lambda: (lambda k: k if k["other"] > before["other"] else None)(
+            ctl_json(d, "stats")["killed"]))
+        assert after and after["other"] == before["other"] + 1, ctl_json(d, "stats")
+        assert {r: after[r] - before[r] for r in after if r != "other"} == dict.fromkeys(
+            (r for r in after if r != "other"), 0)
+
+
 def _get(data, keys):
     for k in keys:
         data = data[k]
