@@ -19,7 +19,7 @@ import popd.slot.warmup  # noqa: F401,I001  (run by the spawner, part of the slo
 from popd import __version__, config
 from popd.supervisor import daemonize, startup_checks
 from popd.supervisor import loop as supervisor
-from popd.unix import logsetup, proctitle
+from popd.unix import logsetup, proctitle, seccomp
 
 
 def parse_args(argv):
@@ -76,6 +76,11 @@ def check_files(cfg, shown_path):
               f"(run as root to check them)")
         return 0
     problems = startup_checks.problems(cfg, create=False)
+    if cfg.login_seccomp == "required":
+        # A start refuses this too (supervisor/loop.py, serve).
+        problem = seccomp.startup_problem(cfg.login_seccomp)
+        if problem:
+            problems.append(problem)
     for problem in problems:
         print(f"popd: {problem}", file=sys.stderr)
     if problems:

@@ -12,6 +12,7 @@ import mmap
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -21,7 +22,7 @@ from popd import limits
 from popd.unix import privileges, process, seccomp
 from tests import replies
 from tests.clients import MBOX, USERS_TLS, Client, login
-from tests.daemon import LOGIN_UID, Daemon, status
+from tests.daemon import LOGIN_UID, REPO, Daemon, status
 
 # What the supervisor does at startup, before it forks anything.
 PROBLEM = seccomp.startup_problem("required")
@@ -283,6 +284,11 @@ def test_startup_says_when_libseccomp_cannot_be_loaded(tmp_path, monkeypatch):
         client.quit()
     d = Daemon(extra={"login_seccomp": "required"})
     try:
+        # --check-config finds it first, with the same line.
+        check = subprocess.run([sys.executable, "-m", "popd", "-c", str(d.config),
+                                "--check-config"], capture_output=True, text=True,
+                               cwd=REPO, timeout=60)
+        assert check.returncode == 1 and line in check.stderr, check.stderr
         d.start(wait=False)
         assert d.proc.wait(timeout=30) != 0
         assert line in d.log(), d.log()
