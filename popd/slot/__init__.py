@@ -8,6 +8,8 @@
             AUTHORIZATION state), then pipes TLS for the child
 - tls_pipe.py  the front after a TLS login: plaintext to the child, one
             fixed buffer per direction
+- warmup.py run by the spawner (root) before it forks any slot: what a
+            session sets up at first use, done once in the image slots share
 - lock_helper.py  forked by the child before it becomes the owner; the only
             process with the spool's lock group, it creates and removes
             <mbox>.lock and nothing else

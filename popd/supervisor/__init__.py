@@ -26,10 +26,13 @@ reads the balancer's PROXY header, from trusted peers only:
                      and --check-config
 - daemonize.py       the launcher's detach (fork, pid file, readiness)
 
-Outside this package, root runs only the first steps of each process it
-forks, up to the drop: broker/broker.py (the broker), slot/child.py (a
-slot's child), slot/front.py (its front, which chroots) and
-exporter/server.py (the metrics exporter, which chroots too); each drop is
+Outside this package, root runs the spawner's preparation before it forks
+any slot, slot/warmup.py (first-use tables and a TLS handshake with itself
+over a socketpair, no byte from outside) and unix/malloc.py (pymalloc's
+free blocks taken), and only the first steps of each process it forks, up
+to the drop: broker/broker.py (the broker), slot/child.py (a slot's
+child), slot/front.py (its front, which chroots) and exporter/server.py
+(the metrics exporter, which chroots too); each drop is
 unix/privileges.py's.  The lock helper (slot/lock_helper.py) is forked by
 the child after its own drop and never runs as root.
 """

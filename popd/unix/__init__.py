@@ -7,4 +7,6 @@
 - tls.py         build and reload the SSLContext; the handshake
 - logsetup.py    the logger, its destinations, sanitize()
 - proctitle.py   process titles from a fixed vocabulary
+- malloc.py      the allocators' knobs: pymalloc's free blocks taken before
+                 forking, the heap trimmed once a client is idle
 """
