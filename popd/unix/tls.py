@@ -191,8 +191,14 @@ def handshake(sock, deadline):
     the connection and raises HandshakeFailed.  The deadline is the login
     deadline: a client that stalls inside the handshake is dropped with it."""
     sock.setblocking(False)
-    ssock = _context.wrap_socket(sock, server_side=True,
-                                 do_handshake_on_connect=False)
+    try:
+        ssock = _context.wrap_socket(sock, server_side=True,
+                                     do_handshake_on_connect=False)
+    except (OSError, ValueError) as e:
+        # Python checks the socket as it wraps it: a client that reset the
+        # connection (or sent bytes and closed) fails here, not below.
+        sock.close()
+        raise HandshakeFailed(reason(e)) from None
     try:
         while True:
             try:

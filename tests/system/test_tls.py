@@ -6,6 +6,7 @@ import os
 import poplib
 import socket
 import ssl
+import struct
 import time
 
 import pytest
@@ -300,6 +301,32 @@ def test_client_vanishing_ends_child_and_front(popd):
     c.close()                           # no close_notify, no QUIT
     assert wait_gone([child, front])
     popd.wait_for_log("reason=disconnected")
+
+
+def test_a_client_that_resets_before_the_handshake_is_no_internal_error(popd):
+    """Connect to the implicit TLS port and reset at once, or send bytes
+    and close: Python's wrap_socket itself sees that, before any
+    handshake.  Each is one failed handshake in the log, never a front's
+    traceback, and others are still served."""
+    start = len(popd.log())
+    for i in range(10):
+        s = socket.create_connection((popd.host, popd.tls_port))
+        if i % 2:
+            s.sendall(b"\x16\x03\x01\x00")          # the start of a ClientHello
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()                                   # RST
+    deadline = time.monotonic() + 15
+    while (popd.log()[start:].count("TLS handshake failed") < 10
+           and time.monotonic() < deadline):
+        time.sleep(0.1)
+    log = popd.log()[start:]
+    assert "internal error" not in log and "Traceback" not in log, log
+    assert log.count("TLS handshake failed") == 10, log
+    c = Client.implicit(popd)
+    c.line()
+    c.login()
+    assert c.command(b"QUIT").startswith(b"+OK")
+    c.close()
 
 
 # -- SASL ------------------------------------------------------------------------
