@@ -235,7 +235,7 @@ MESSAGES = [
          (("code", STR(16)), ("text", STR(200))), states=("opening",), once=True),
     # tls: "none" or the protocol and cipher, for the session's log lines.
     Spec("HANDOVER", 0x71, _C.CHILD_FRONT, _R.FRONT,
-         (("leftover", BYTES(limits.MAX_FRAME - 200)), ("tls", STR(120))), fds=1,
+         (("leftover", BYTES(limits.MAX_LEFTOVER)), ("tls", STR(120))), fds=1,
          states=("owner",), once=True),
     Spec("LOG", 0x73, _C.CHILD_FRONT, _R.FRONT,
          (("level", U32), ("text", STR(1000))), states=("busy", "granted", "owner")),

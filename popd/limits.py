@@ -21,6 +21,10 @@ MAX_SECRET = 1024
 
 # IPC (ipc.py): one frame per SEQPACKET datagram, never larger.
 MAX_FRAME = 4096
+# What a client pipelined past PASS, which a cleartext front hands the
+# child with the socket (ipc.py HANDOVER): one frame's worth, so a front
+# never buffers more than this (pop3/authorization.py).
+MAX_LEFTOVER = MAX_FRAME - 200
 
 # The supervisor reads nothing from clients; the canned refusal is all it
 # ever writes to one.  RFC 3206 [SYS/TEMP]: try again later.

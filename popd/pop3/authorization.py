@@ -53,6 +53,9 @@ class FrontSession(Session):
 
     def __init__(self, sock, cfg, broker, child, tls_mode="none", peer_ip="?", deadline=None):
         super().__init__(sock, cfg.limits.max_bad_commands)
+        # After a cleartext login, what the client pipelined past PASS goes
+        # to the child in one HANDOVER frame.
+        self.reader.max_buffer = limits.MAX_LEFTOVER
         self.broker = broker
         self.child = child
         self.tls_mode = tls_mode            # the listener's: none | starttls | implicit

@@ -53,6 +53,9 @@ class LineReader:
         self.max_line = max_line
         self.buf = bytearray(initial)
         self.draining = False
+        # None, or the most this reader may hold at once (it holds less
+        # than a line's limit before each read, so there is always room).
+        self.max_buffer = None
         # Called once when the client has been silent for limits.IDLE_AFTER
         # seconds while a line is awaited (the session's heap trim), then
         # cleared; None: nothing to do.
@@ -61,9 +64,12 @@ class LineReader:
     def _recv(self, deadline):
         # Try first, wait only when nothing is there: a pipelining client
         # usually has the next command waiting already (one syscall saved).
+        size = RECV_SIZE
+        if self.max_buffer is not None:
+            size = max(1, min(size, self.max_buffer - len(self.buf)))
         while True:
             try:
-                data = self.sock.recv(RECV_SIZE)
+                data = self.sock.recv(size)
             except (BlockingIOError, InterruptedError):
                 self._wait(deadline)
                 continue

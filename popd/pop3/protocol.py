@@ -44,7 +44,9 @@ class Syntax:
 COMMANDS = {
     "CAPA": Syntax((AUTH, TRANS), 0, 0),
     "QUIT": Syntax((AUTH, TRANS), 0, 0),
-    "USER": Syntax((AUTH,), 1, 1),
+    # A login may be an address, as long as the broker accepts (RFC 1939's
+    # 40 characters is what a client may count on, not a server's limit).
+    "USER": Syntax((AUTH,), 1, 1, max_argument=limits.MAX_LOGIN),
     "PASS": Syntax((AUTH,), 1, 1, rest_is_argument=True),
     "STLS": Syntax((AUTH,), 0, 0),
     # RFC 5034: AUTH [mechanism [initial-response]]; no argument lists them.

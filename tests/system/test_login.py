@@ -91,6 +91,38 @@ def test_pipelined_commands_after_pass_are_answered(popd):
     s.close()
 
 
+def test_more_pipelined_after_pass_than_one_handover_frame_is_answered(popd):
+    """A client may pipeline (CAPA says PIPELINING): USER, PASS and 800
+    NOOPs in one write, more than the one frame in which a cleartext
+    front hands its buffered bytes to the child.  The front reads no more
+    than fits, the kernel keeps the rest for the child."""
+    s, f = connect_raw(popd)
+    assert f.readline().startswith(replies.GREETING)
+    s.sendall(b"USER alice\r\nPASS " + USERS["alice"][0].encode() + b"\r\n"
+              + b"NOOP\r\n" * 800 + b"QUIT\r\n")
+    answers = [f.readline().rstrip(b"\r\n") for _ in range(803)]
+    assert answers[:2] == [b"+OK", replies.LOGGED_IN]
+    assert answers[2:802] == [b"+OK"] * 800
+    assert answers[802] == b"+OK Bye, 0 message(s) deleted"
+    s.close()
+    assert "internal error" not in popd.log()
+
+
+def test_a_login_longer_than_40_characters_works_with_user_and_pass():
+    """RFC 1939's 40 characters are what clients may count on; an address
+    used as a login is often longer, and USER takes what AUTH PLAIN and
+    the passwd file take (64)."""
+    name = "firstname.lastname@a-rather-long-company-domain.example"
+    assert 40 < len(name) <= 64
+    with Daemon(users={**USERS, name: ("long-login-secret", 61040, 61040)}) as d:
+        d.write_mbox(name, MBOX, uid=61040)
+        c = poplib.POP3(d.host, d.port, timeout=10)
+        c.user(name)
+        c.pass_("long-login-secret")
+        assert c.stat()[0] == 2
+        c.quit()
+
+
 def test_commands_outside_their_state(popd):
     s, f = connect_raw(popd)
     f.readline()

@@ -41,6 +41,13 @@ tokens = st.text(string.ascii_letters + string.digits + "!#$%&*+-./=?@^_~", min_
                  max_size=50)
 
 
+def test_user_takes_a_login_as_long_as_the_broker_accepts():
+    name = b"firstname.lastname@" + b"x" * (limits.MAX_LOGIN - 19)
+    assert protocol.parse(b"USER " + name) == ("USER", [name.decode()])
+    assert protocol.parse(b"USER " + name + b"y") == protocol.ERR_ARG_LONG
+    assert protocol.parse(b"RETR " + b"1" * 41) == protocol.ERR_ARG_LONG
+
+
 @given(keywords, st.lists(tokens, max_size=4), st.integers(1, 3))
 def test_well_formed_commands_parse_to_their_keyword(kw, args, spaces):
     keyword, upper = kw
