@@ -102,7 +102,8 @@ class Closed(Exception):
     the same; either way the channel is finished)."""
 
 
-# Field kinds: ("u32",), ("u64",), ("str", max_bytes) or ("bytes", max_bytes).
+# Field kinds: ("u32",), ("u64",), ("str", max_bytes), ("bytes", max_bytes)
+# or ("str", max_bytes, allowed): a string that must be one of `allowed`.
 U32 = ("u32",)
 U64 = ("u64",)
 _INTS = {"u32": _U32, "u64": _U64}
@@ -114,6 +115,10 @@ def STR(n):
 
 def BYTES(n):
     return ("bytes", n)
+
+
+def ONE_OF(*allowed):
+    return ("str", max(len(a.encode()) for a in allowed), allowed)
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,8 @@ MESSAGES = [
     # broker's states are its slot channel's (ChannelState).
     Spec("AUTH_REQUEST", 0x41, _C.BROKER_FRONT, _R.FRONT,
          (("authzid", STR(limits.MAX_LOGIN)), ("authcid", STR(limits.MAX_LOGIN)),
-          ("secret", BYTES(limits.MAX_SECRET)), ("method", STR(16))), states=("bound",)),
+          ("secret", BYTES(limits.MAX_SECRET)), ("method", ONE_OF("PASS", "PLAIN"))),
+         states=("bound",)),
     Spec("AUTH_OK", 0x40, _C.BROKER_FRONT, _R.BROKER, (), states=("authenticating",),
          once=True),
     # After AUTH_OK: the client was told +OK.  Only then does the broker
@@ -305,6 +311,8 @@ def encode(name, **values):
             raw = bytes(v)
         if kind[0] not in _INTS and len(raw) > kind[1]:
             raise ValueError(f"{name}.{fname}: {len(raw)} bytes > {kind[1]}")
+        if len(kind) > 2 and v not in kind[2]:
+            raise ValueError(f"{name}.{fname}: {v!r} is not one of {kind[2]}")
         body += _FIELD_LEN.pack(len(raw)) + raw
     if set(values) != {f for f, _ in spec.fields}:
         raise ValueError(f"{name}: fields {sorted(values)}")
@@ -408,6 +416,8 @@ def decode(data, channel, receiver):
                 raise Violation(f"{spec.name}.{fname}: not UTF-8") from None
             if "\0" in text:
                 raise Violation(f"{spec.name}.{fname}: NUL")
+            if len(kind) > 2 and text not in kind[2]:
+                raise Violation(f"{spec.name}.{fname}: {text!r} is not allowed")
             fields[fname] = text
         else:
             fields[fname] = raw

@@ -36,6 +36,24 @@ from popd.slot import front, lock_helper
 from popd.unix import logsetup, privileges, process, proctitle
 from popd.unix.logsetup import log
 
+_SOCK_STREAM = int(socket.SOCK_STREAM)
+
+
+def _stream_socket(fd):
+    """A socket object for the front's HANDOVER fd if it is a stream
+    socket (the client's, or the TLS pipe's end), else None, fd closed:
+    the front is the less trusted side."""
+    try:
+        client = socket.socket(fileno=fd)            # ENOTSOCK for anything else
+    except OSError:
+        client = None
+    if client is not None:
+        if client.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == _SOCK_STREAM:
+            return client
+        client.detach()
+    os.close(fd)
+    return None
+
 
 class ChildState(enum.Enum):
     STARTING = "starting"
@@ -204,8 +222,13 @@ class Child:
             if msg is None:
                 return None
             if msg.name == "HANDOVER":
+                client = _stream_socket(msg.fds[0])
+                if client is None:
+                    log.error("child: the front handed over something that is not "
+                              "a stream socket; ending the session")
+                    return None
                 self.state = ChildState.SESSION
-                return socket.socket(fileno=msg.fds[0]), msg.leftover, msg.tls
+                return client, msg.leftover, msg.tls
 
     def serve(self):
         if not self.wait_for_connection():

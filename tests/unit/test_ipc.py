@@ -11,7 +11,7 @@ from popd import ipc, limits
 from popd.broker.broker import ChannelState
 from popd.ipc import Channel, Role
 from popd.pop3.authorization import FrontState
-from popd.slot.child import ChildState
+from popd.slot.child import ChildState, _stream_socket
 from popd.exporter.server import ExporterState
 from popd.supervisor.broker_link import LinkState
 from popd.supervisor.exporter_link import ExporterLinkState
@@ -188,3 +188,36 @@ def test_a_message_outside_its_states_is_refused_and_its_fds_closed():
     finally:
         os.close(r), os.close(w)
         a.close(), b.close()
+
+
+def test_auth_request_method_is_pass_or_plain():
+    """The broker logs the method: a front that someone took over must not
+    be able to put another word, or a forged log line, there."""
+    good = ipc.encode("AUTH_REQUEST", authzid="", authcid="u", secret=b"p", method="PLAIN")
+    assert ipc.decode(good, Channel.BROKER_FRONT, Role.BROKER).method == "PLAIN"
+    field = ipc._FIELD_LEN.pack(5) + b"PLAIN"
+    assert good.endswith(field)
+    for other in (b"PL\nIN", b"LOGIN"):
+        forged = good[:-len(field)] + ipc._FIELD_LEN.pack(5) + other
+        with pytest.raises(ipc.Violation):
+            ipc.decode(forged, Channel.BROKER_FRONT, Role.BROKER)
+    with pytest.raises(ValueError):
+        ipc.encode("AUTH_REQUEST", authzid="", authcid="u", secret=b"p", method="LOGIN")
+
+
+def test_the_child_takes_only_a_stream_socket_from_the_front():
+    """HANDOVER's fd comes from the less trusted side: a pipe or a datagram
+    socket is refused (and closed), not taken as the client."""
+    r, w = os.pipe()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for fd in (r, udp.detach()):
+        assert _stream_socket(fd) is None
+        with pytest.raises(OSError):
+            os.fstat(fd)                        # closed
+    os.close(w)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    client = _stream_socket(b.detach())
+    client.sendall(b"x")
+    assert a.recv(1) == b"x"
+    client.close()
+    a.close()
