@@ -219,6 +219,7 @@ class StubMaildrop:
     itself is test_mbox_update.py's business); nothing expires."""
 
     def __init__(self, data=MBOX):
+        self.path = "(in memory)"
         self.fd = os.memfd_create("mbox", os.MFD_CLOEXEC)
         os.write(self.fd, data)
         self.index = mbox.scan(self.fd)

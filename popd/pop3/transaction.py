@@ -16,6 +16,7 @@ from popd.mail.maildrop import MailboxError
 from popd.pop3.protocol import (SESSION_CAPABILITIES, TERMINATOR, Closing, Session, State,
                                 policy_capabilities)
 from popd.unix import malloc
+from popd.unix.logsetup import log
 
 ERR_NO_SUCH_MESSAGE = "No such message"
 ERR_DELETED = "Message is deleted"
@@ -138,14 +139,24 @@ class ChildSession(Session):
         what one-command-at-a-time clients wait on.  A full-size chunk is
         sent as it is, after whatever is queued, never copied."""
         before = self.bytes_sent
-        for chunk in chunks:
-            self.bytes_sent += len(chunk)
-            if len(chunk) >= STREAM_CHUNK and not self.out:
-                self.send_all(chunk)
-                continue
-            self.out += chunk
-            if len(self.out) >= STREAM_CHUNK:
-                self.flush()
+        try:
+            for chunk in chunks:
+                self.bytes_sent += len(chunk)
+                if len(chunk) >= STREAM_CHUNK and not self.out:
+                    self.send_all(chunk)
+                    continue
+                self.out += chunk
+                if len(self.out) >= STREAM_CHUNK:
+                    self.flush()
+        except (mbox.MboxChangedError, OSError) as e:
+            # Only a writer that ignores the locks can shorten the file
+            # under a session.  A short message must not end with the
+            # terminator as if whole: end the session instead (without
+            # QUIT, nothing is deleted).
+            log.error("mailbox %s: cannot read it while sending (%s); ending the "
+                      "session", self.drop.path, e)
+            self.out.clear()
+            raise Closing("mailbox changed under the session") from None
         self.out += TERMINATOR
         self.bytes_sent += len(TERMINATOR)
         if self.bytes_sent - before >= malloc.LARGE_BLOCK:

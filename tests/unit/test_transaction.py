@@ -101,3 +101,22 @@ def test_quit_releases_the_maildrop_before_its_answer():
     assert drop.updated == {0}
     assert b"+OK Bye" not in drop.closed_after
     assert b"+OK Bye" in b"".join(sock.sends)
+
+
+def test_a_mailbox_shortened_under_a_retr_ends_the_session_unfinished():
+    """Only a writer that ignores the locks can truncate the file under a
+    session: RETR then cannot finish, and must not end a short message
+    with the terminator as if it were whole.  The session ends, without
+    QUIT's update (nothing is deleted) and without a traceback."""
+    drop = Drop(message(b"one", b"a" * 100) + message(b"two", b"b"))
+    os.ftruncate(drop.fd, 40)
+    sock = CountingSocket([b"DELE 2\r\nRETR 1\r\nQUIT\r\n"])
+    try:
+        session = ChildSession(sock, stubs.config(), drop, b"")
+        assert session.serve() == "mailbox changed under the session"
+        sent = b"".join(sock.sends)
+        assert sent == b"+OK Message 2 deleted\r\n", sent
+        assert drop.updated is None
+    finally:
+        sock.close()
+        drop.close()
