@@ -105,7 +105,9 @@ def test_a_stopped_session_with_its_lock_file_unlinked_cannot_hold_the_pool():
         os.kill(child, signal.SIGSTOP)
         stopped_at = time.monotonic()
         state = d.base / "state" / str(USERS["alice"][1])
-        for lock in state.glob("*.session"):
+        locks = list(state.glob("*.session"))
+        assert locks, sorted(p.name for p in state.iterdir())
+        for lock in locks:
             lock.unlink()
         c.sock.close()
         # Further logins to the same maildrop are refused [IN-USE], after

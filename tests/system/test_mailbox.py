@@ -167,7 +167,7 @@ def test_a_child_killed_mid_session_leaves_the_maildrop_and_the_server_intact(po
     f.readline(), f.readline(), f.readline()
     (child,) = popd.wait_for_pids("child session", 1)
     os.kill(child, 9)
-    assert f.read() is not None
+    f.read()                            # until the server closes the connection
     time.sleep(0.5)
     assert (popd.spool / "alice").read_bytes() == data       # nothing deleted, nothing lost
     c = login(popd)

@@ -39,7 +39,9 @@ def test_login_delay_is_enforced_from_the_end_of_the_last_session():
         c.user("alice")
         c.pass_(USERS["alice"][0])
         assert "LOGIN-DELAY 3" in capabilities(c)       # after login: this user's delay
-        time.sleep(1.5)                                  # counted from the session's end
+        # Longer than the delay: counted from the login, the next login
+        # would pass; counted from the session's end, it must wait.
+        time.sleep(3.5)
         c.quit()
         ended = time.monotonic()
         reply, _ = attempt(d, "alice", USERS["alice"][0])

@@ -1,4 +1,5 @@
 """SIGHUP reload and the start-up checks on trusted files."""
+import errno
 import os
 import poplib
 import signal
@@ -130,17 +131,25 @@ def test_startup_refuses_loose_permissions():
         d.__exit__(None, None, None)
 
 
-def test_another_uid_cannot_bind_the_port():
+def test_no_one_can_bind_the_listening_port_beside_popd():
+    """listeners.py never sets SO_REUSEPORT, so no other socket can share
+    the port: not another uid's, and not even root's with SO_REUSEPORT
+    (which Linux would allow beside a listener of the same uid that set
+    it too: the root squatter is the one that can tell)."""
     with Daemon() as d:
-        def squat():
-            os.setresgid(60001, 60001, 60001)
-            os.setresuid(60001, 60001, 60001)
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            try:
-                s.bind((d.host, d.port))
-                return 1
-            except OSError:
-                return 0
-        assert in_child(squat) == 0
+        def squat(uid):
+            def attempt():
+                if uid:
+                    os.setresgid(uid, uid, uid)
+                    os.setresuid(uid, uid, uid)
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                try:
+                    s.bind((d.host, d.port))
+                    return 1
+                except OSError as e:
+                    return 0 if e.errno == errno.EADDRINUSE else 2
+            return attempt
+        assert in_child(squat(60001)) == 0
+        assert in_child(squat(0)) == 0

@@ -72,7 +72,8 @@ def test_scripts_parse():
 def test_init_script_acts_by_pid_file_only(tmp_path):
     """start, status, reload, stop on the real daemon, through a copy of
     the script pointing at a test config; a stale pid file naming another
-    live process (pid 1) is never signalled."""
+    live process (a sentinel that records any signal it gets) is never
+    signalled."""
     if not Path("/lib/init/init-d-script").exists():
         pytest.skip("needs Debian's init-d-script (package sysvinit-utils)")
     d = Daemon()
@@ -121,11 +122,33 @@ def test_init_script_acts_by_pid_file_only(tmp_path):
         assert action("status") == 3
         assert "stopped" in d.log()
 
-        pidfile.write_text("1\n")                   # stale, and the number is taken
-        assert action("status") == 1
-        assert action("stop") == 0                  # "not running"; pid 1 untouched
-        assert action("reload") != 0
-        assert not pidfile.exists()
+        # A stale pid file whose number another process now has: that
+        # process must never be signalled.
+        caught = d.base / "sentinel-signals"
+        sentinel = subprocess.Popen(
+            [sys.executable, "-c",
+             "import signal, sys, time\n"
+             "def note(n, _):\n"
+             "    open(sys.argv[1], 'a').write(signal.Signals(n).name + '\\n')\n"
+             "for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):\n"
+             "    signal.signal(s, note)\n"
+             "open(sys.argv[1], 'w').close()\n"
+             "time.sleep(120)\n", str(caught)])
+        try:
+            deadline = time.monotonic() + 10
+            while not caught.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert caught.exists()
+            pidfile.write_text(f"{sentinel.pid}\n")
+            assert action("status") == 1
+            assert action("stop") == 0              # "not running"
+            assert action("reload") != 0
+            assert not pidfile.exists()
+            time.sleep(0.3)
+            assert sentinel.poll() is None and caught.read_text() == ""
+        finally:
+            sentinel.kill()
+            sentinel.wait()
 
         # popd's exit status is the outcome of the start, even for what
         # fails after it detached; its reason reaches the terminal.

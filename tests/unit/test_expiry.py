@@ -101,6 +101,10 @@ def test_hostile_state_files_are_ignored(tmp_path):
     path.write_bytes(b"uid-1 5\nuid-2 7\n")
     assert expiry.load(str(path)) == {"uid-1": 5, "uid-2": 7}
     os.unlink(path)
+    # A link to a valid file is not followed (O_NOFOLLOW): the owner could
+    # point it anywhere.
+    (tmp_path / "elsewhere").write_bytes(b"uid-1 5\n")
+    assert expiry.load(str(tmp_path / "elsewhere")) == {"uid-1": 5}
     os.symlink(tmp_path / "elsewhere", path)
     assert expiry.load(str(path)) == {}
 
