@@ -298,6 +298,14 @@ def _content(buf, base, e, start, lf, crlf):
     return length, length + bare + (0 if ends_lf else 2)
 
 
+def starts_message(fd, offset):
+    """True if a message starts at ``offset``: ``From `` at the start of
+    the file or right after a LF (see "Message boundaries")."""
+    if offset == 0:
+        return os.pread(fd, len(_FROM), 0) == _FROM
+    return os.pread(fd, len(_FROM) + 1, offset - 1) == b"\n" + _FROM
+
+
 def scan(fd, size=None, chunk=SCAN_CHUNK, extend=None):
     """Index the first ``size`` bytes (default: ``fstat`` size) of ``fd``.
 
@@ -326,6 +334,10 @@ def scan(fd, size=None, chunk=SCAN_CHUNK, extend=None):
         return index
     if size - begin < len(_FROM) or _pread(fd, len(_FROM), begin) != _FROM:
         raise MboxFormatError("mailbox does not start with a 'From ' line")
+    if begin and _pread(fd, 1, begin - 1) != b"\n":
+        # Not at the start of a line, that ``From `` is content: a full
+        # scan joins it to the last indexed message, and so must the caller.
+        raise MboxFormatError("the mail after the index does not start a line")
 
     pieces = _index_messages(fd, index, begin, size, chunk)
     if pieces:

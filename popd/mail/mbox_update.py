@@ -334,15 +334,22 @@ def _kept_ranges(index, marked, size):
 # --------------------------------------------------------------------- API
 
 def verify_unchanged(fd, index):
-    """True if ``[0, index.size)`` still scans to ``index`` (see module doc).
+    """True if ``[0, index.size)`` still scans to ``index`` (see module doc)
+    and whatever follows it starts a message.
 
     Same message boundaries and octet counts is exactly what deleting by
     span needs; a same-length edit inside a message (a status flag flipped
     in place) passes, and is kept, because kept bytes are copied as they
-    are now.
+    are now.  Bytes past ``index.size`` are kept as they are, after the
+    kept messages: unless they begin with a ``From `` line, they are the
+    rest of a message the index ends inside (the scan saw a writer that
+    holds neither lock half-way), and the kept copy would join it to
+    another message.
     """
     st = os.fstat(fd)
     if st.st_nlink == 0 or st.st_size < index.size:
+        return False
+    if st.st_size > index.size and not mbox.starts_message(fd, index.size):
         return False
     try:
         return mbox.scan(fd, size=index.size) == index

@@ -4,6 +4,7 @@ import os
 import zlib
 from array import array
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,6 +60,26 @@ def test_extended_scan_equals_full_scan(tmp_path):
     for cut in (0, len(message(0)), len(message(0)) * 7):
         part = mbox.scan(fd, cut)
         assert mbox.scan(fd, extend=part) == mbox.scan(fd)
+    os.close(fd)
+
+
+def test_mail_appended_mid_line_is_not_extended_as_a_new_message(tmp_path):
+    """The indexed bytes end without a LF (a last message with no final
+    newline) and a delivery appends ``From ...`` right after: not at the
+    start of a line, that is content, as a full scan says.  The cache must
+    not count a message the scan does not (else every QUIT's check would
+    disagree with it, for good)."""
+    path, fd = make(tmp_path, message(0) + b"From s1@example.org Thu Nov 26 10:00:00 2026\n"
+                    b"Subject: 1\n\nno final newline")
+    index = mbox.scan(fd)
+    cache = str(tmp_path / "k.index")
+    index_cache.save(cache, fd, index, "".join(uidl.compute_bases(fd, index)))
+    with open(path, "ab") as f:
+        f.write(message(2))
+    with pytest.raises(mbox.MboxFormatError):
+        mbox.scan(fd, extend=mbox.scan(fd, index.size))
+    assert index_cache.load(cache, fd) is None        # a full scan instead
+    assert len(mbox.scan(fd)) == 2
     os.close(fd)
 
 

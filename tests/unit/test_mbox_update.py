@@ -478,6 +478,30 @@ def test_verify_unchanged(tmp_path):
     box.close()
 
 
+def test_a_message_indexed_half_written_is_never_split_by_a_deletion(tmp_path):
+    """A writer that holds neither lock popd takes was half-way through a
+    message when the session scanned: the index ends inside it.  Deleting
+    the message before it would keep the rest of that message (no ``From ``
+    line) glued to another one; the update refuses instead, as for any
+    change, and the file is untouched."""
+    half = b"From late@example.org Thu Nov 26 10:00:00 2026\nSubject: late\n\nfirst half\n"
+    box = Box(tmp_path, [message(0), message(1), half])
+    box.append(b"second half\n\n")
+    before = box.content()
+    assert not verify_unchanged(box.fd, box.index)
+    with pytest.raises(UpdateError) as e:
+        apply_deletions(box.fd, box.index, {1}, box.journal)
+    assert e.value.text == mbox_update.CHANGED_TEXT and not e.value.committed
+    assert box.content() == before and box.leftovers() == []
+    # Whole messages appended after a complete one are still kept.
+    (tmp_path / "2").mkdir()
+    box2 = Box(tmp_path / "2", [message(0), message(1)])
+    box2.append(message(2, tag="new"))
+    assert verify_unchanged(box2.fd, box2.index)
+    box.close()
+    box2.close()
+
+
 def test_verify_rejects_a_file_that_is_no_longer_an_mbox(tmp_path):
     box = Box(tmp_path, [message(0), message(1)])
     os.pwrite(box.fd, b"X", 0)
