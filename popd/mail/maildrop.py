@@ -261,7 +261,9 @@ class _Locks:
     on each, then [IN-USE].  procmail, postfix and liblockfile take the
     dot-lock first and then block on fcntl while holding it: taking them in
     the other order would make popd and a delivery wait on each other until
-    the timeout."""
+    the timeout.  The dot-lock is taken for the shared lock of a scan too:
+    a writer that takes only the dot-lock would otherwise be scanned
+    half-way through a message."""
 
     def __init__(self, drop, exclusive):
         self.drop = drop
@@ -271,10 +273,9 @@ class _Locks:
     def __enter__(self):
         drop = self.drop
         try:
-            if self.exclusive:
-                dot = drop.lock_helper or locking.DotLock(drop.path)
-                if dot.acquire(limits.MAILBOX_LOCK_WAIT):
-                    self.dotlock = dot
+            dot = drop.lock_helper or locking.DotLock(drop.path)
+            if dot.acquire(limits.MAILBOX_LOCK_WAIT):
+                self.dotlock = dot
             locking.fcntl_lock(drop.fd, self.exclusive, limits.MAILBOX_LOCK_WAIT)
         except (locking.LockBusy, locking.LockHelperError) as e:
             self.__exit__()

@@ -17,11 +17,12 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
 
-from popd.mail import locking
+from popd.mail import locking, maildrop
 from popd.slot import lock_helper
 from popd.unix import privileges
 
@@ -709,3 +710,32 @@ def test_lock_helper_that_cannot_drop_is_an_error(spool):
     kind, text = in_child(without_setid_caps)
     assert kind == "error" and "did not start" in text
     assert sorted(os.listdir(spool)) == ["mbox"]
+
+
+def test_opening_waits_for_a_writer_that_holds_only_the_dot_lock(tmp_path):
+    """A delivery that dot-locks and does not fcntl-lock is half-way through
+    a message when a session opens the maildrop: the open waits for the
+    dot-lock, so it indexes the whole message, never half of it (a client
+    would fetch the half and, by its UIDL, never the rest)."""
+    head = b"From a@example.org Thu Nov 26 10:00:00 2026\nSubject: 1\n\nbody\n\n"
+    box = tmp_path / "mbox"
+    box.write_bytes(head + b"From late@example.org Thu Nov 26 10:00:01 2026\n"
+                    b"Subject: late\n\nfirst half\n")
+    (tmp_path / "mbox.lock").write_bytes(b"%d\n" % os.getpid())
+    (tmp_path / "state" / str(os.getuid())).mkdir(parents=True)
+
+    def finish_delivery():
+        time.sleep(0.5)
+        with open(box, "ab") as f:
+            f.write(b"second half\n\n")
+        os.unlink(tmp_path / "mbox.lock")
+
+    writer = threading.Thread(target=finish_delivery)
+    writer.start()
+    drop = maildrop.Maildrop(str(box), os.getuid(), str(tmp_path / "state")).open()
+    writer.join()
+    try:
+        assert len(drop.index) == 2 and drop.index.size == box.stat().st_size
+        assert not (tmp_path / "mbox.lock").exists()      # ours is gone too
+    finally:
+        drop.close()
