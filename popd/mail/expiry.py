@@ -72,7 +72,11 @@ def load(path):
     return out
 
 
+def state_bytes(retrieved):
+    """The file `save` writes (empty when there is nothing to remember)."""
+    return "".join(f"{uid} {t}\n" for uid, t in sorted(retrieved.items())).encode("ascii")
+
+
 def save(path, retrieved):
     """Write atomically; nothing to remember removes the file."""
-    state_files.write(path, "".join(f"{uid} {t}\n" for uid, t in sorted(retrieved.items()))
-                      .encode("ascii"))
+    state_files.write(path, state_bytes(retrieved))

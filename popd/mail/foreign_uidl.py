@@ -210,11 +210,16 @@ def load(path):
     return text, [uid or None for uid in ids]
 
 
-def save(path, bases, ids):
-    """Write the map for messages with these bases and ids (None: popd's
-    own), atomically.  A map without any foreign id is written empty: it
-    still records that the headers were read once."""
+def map_bytes(bases, ids):
+    """The file `save` writes for messages with these bases and ids (None:
+    popd's own).  A map without any foreign id is written empty: it still
+    records that the headers were read once."""
     if not any(ids):
         bases, ids = [], []
-    text = "\n".join([MAGIC, "".join(bases), " ".join(uid or "" for uid in ids), ""])
-    state_files.write(path, text.encode("ascii"))
+    return "\n".join([MAGIC, "".join(bases), " ".join(uid or "" for uid in ids), ""]
+                     ).encode("ascii")
+
+
+def save(path, bases, ids):
+    """Write `map_bytes(bases, ids)` atomically."""
+    state_files.write(path, map_bytes(bases, ids))

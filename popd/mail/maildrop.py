@@ -14,8 +14,9 @@ line (the owner may delete that file) and, with a state directory shared
 by several nodes, the one that holds across them.  The key is a digest of the
 mbox path, so virtual users sharing a uid do not collide.  Journal, index
 cache, UID state (uidl.py), ids kept from another server (foreign_uidl.py),
-first retrievals for EXPIRE (expiry.py) and the session lock all live in
-the per-uid state directory, never in the spool.
+first retrievals for EXPIRE (expiry.py), the state an update leaves until
+it completes (`.pending`, update() says why) and the session lock all live
+in the per-uid state directory, never in the spool.
 """
 import fcntl
 import hashlib
@@ -24,7 +25,8 @@ import stat
 import time
 
 from popd import limits
-from popd.mail import expiry, foreign_uidl, index_cache, locking, mbox, mbox_update, uidl
+from popd.mail import (expiry, foreign_uidl, index_cache, locking, mbox, mbox_update,
+                       state_files, uidl)
 from popd.unix.logsetup import log
 
 
@@ -55,6 +57,9 @@ class Maildrop:
         self.uidl_source = uidl_source
         self.expire_days = expire_days
         self.session_lock = base + ".session"
+        # The state files an update leaves, written before it commits
+        # (update() says why).
+        self.pending_file = base + ".pending"
         self.lock_helper = lock_helper
         self.fd = None
         self.session_fd = None
@@ -86,13 +91,17 @@ class Maildrop:
         with self._locked(exclusive):
             if exclusive:
                 try:
-                    outcome = mbox_update.recover(fd, self.journal)
+                    outcome = mbox_update.recover(fd, self.journal,
+                                                  before_finish=self._make_pending_current)
                 except mbox_update.UpdateError as e:
                     log.error("mailbox %s: cannot finish an interrupted update: %s",
                               self.path, e)
                     raise MailboxError(e.code, e.text) from None
                 if outcome != "none":
                     log.warning("mailbox %s: interrupted update %s", self.path, outcome)
+            if os.path.lexists(self.pending_file):
+                # From an update that never committed: it deleted nothing.
+                self._drop_pending()
             cached = None if exclusive else index_cache.load(self.index_file, fd)
             if cached is not None:
                 self.index, self._base_text = cached
@@ -219,29 +228,68 @@ class Maildrop:
         if self.fd is None or not (deleted or (retrieved and self.expire_days is not None)):
             return
         ids = self.ids()
-        if deleted:
-            with self._locked(True):
-                # apply_deletions first checks that the indexed part is
-                # exactly what the session saw (appends are fine): an MUA
-                # that rewrote the file meanwhile means nothing is deleted.
-                try:
-                    mbox_update.apply_deletions(self.fd, self.index, set(deleted),
-                                                self.journal)
-                except mbox_update.UpdateError as e:
-                    log.error("mailbox %s: update %s: %s", self.path,
-                              "interrupted, finishes at the next login" if e.committed
-                              else "refused, nothing deleted", e)
-                    raise MailboxError(e.code, e.text) from None
-            self._save_state(uidl.after_deletion(ids, set(deleted), self._state))
-            if any(self._foreign):
-                gone = set(deleted)
-                kept = [n for n in range(len(ids)) if n not in gone]
-                bases = uidl.split(self._base_text)
-                self._save_foreign([bases[n] for n in kept], [self._foreign[n] for n in kept])
+        retrieved_after = None
         if self.expire_days is not None:
-            self._save_retrieved(expiry.after_session(
+            retrieved_after = expiry.after_session(
                 ids, expiry.load(self.retrieved_file), set(retrieved), set(deleted),
-                int(time.time())))
+                int(time.time()))
+        if not deleted:
+            self._save_retrieved(retrieved_after)
+            return
+        # The state files name messages by id, and after the deletion the
+        # ids of identical messages depend on which copy went: the state
+        # they leave must change with the mbox, not after it (a crash in
+        # between would let a kept copy take a deleted one's id).  So it
+        # is written first, and made current after the mbox holds the
+        # result and before the journal goes; a crash in between leaves
+        # the journal, whose replay at the next open makes it current.
+        gone = set(deleted)
+        after = {"uidl": uidl.state_bytes(uidl.after_deletion(ids, gone, self._state))}
+        if any(self._foreign):
+            kept = [n for n in range(len(ids)) if n not in gone]
+            bases = uidl.split(self._base_text)
+            after["foreign"] = foreign_uidl.map_bytes([bases[n] for n in kept],
+                                                      [self._foreign[n] for n in kept])
+        if retrieved_after is not None:
+            after["retrieved"] = expiry.state_bytes(retrieved_after)
+        with self._locked(True):
+            try:
+                state_files.write_bundle(self.pending_file, after)
+            except OSError as e:
+                log.error("state %s: cannot write: %s; nothing deleted", self.pending_file,
+                          e.strerror)
+                raise MailboxError("SYS/TEMP", mbox_update.FAILED_TEXT) from None
+            # apply_deletions first checks that the indexed part is
+            # exactly what the session saw (appends are fine): an MUA
+            # that rewrote the file meanwhile means nothing is deleted.
+            try:
+                mbox_update.apply_deletions(self.fd, self.index, gone, self.journal,
+                                            before_finish=self._make_pending_current)
+            except mbox_update.UpdateError as e:
+                log.error("mailbox %s: update %s: %s", self.path,
+                          "interrupted, finishes at the next login" if e.committed
+                          else "refused, nothing deleted", e)
+                if not e.committed:
+                    self._drop_pending()
+                raise MailboxError(e.code, e.text) from None
+
+    def _state_targets(self):
+        return {"uidl": self.uid_state, "foreign": self.foreign_file,
+                "retrieved": self.retrieved_file}
+
+    def _make_pending_current(self):
+        """Replace the state files with what the committed update left."""
+        targets = self._state_targets()
+        files = state_files.read_bundle(self.pending_file, targets, 3 * uidl.STATE_MAX)
+        for name, data in (files or {}).items():
+            state_files.write(targets[name], data)
+        self._drop_pending()
+
+    def _drop_pending(self):
+        try:
+            os.unlink(self.pending_file)
+        except FileNotFoundError:
+            pass
 
     def _save_retrieved(self, retrieved):
         try:

@@ -14,18 +14,23 @@ API
     Re-scans ``[0, index.size)`` and compares with the session's index:
     false if the file was rewritten (an MUA added a ``Status:`` header,
     another program expunged), truncated, or unlinked/replaced by a rename
-    (``st_nlink == 0``).  Bytes appended after ``index.size`` are fine.
+    (``st_nlink == 0``).  Whole messages appended after ``index.size`` are
+    fine; anything else there (the rest of a message the index ends
+    inside) is not.
 
-``apply_deletions(fd, index, deleted, journal_path, io=REAL_IO, chunk=COPY_CHUNK)``
+``apply_deletions(fd, index, deleted, journal_path, io=REAL_IO, chunk=COPY_CHUNK,
+before_finish=None)``
     ``-> (kept, removed_bytes)``: removes the raw spans ``[offset(n), end(n))``
     of the messages in ``deleted`` (0-based), keeping every other byte,
     including mail appended since the index was built.  ``kept`` counts the
     indexed messages kept (appended ones are not counted).  It calls
     :func:`verify_unchanged` itself: the caller need not.  The file is
     compacted in place (same inode, owner and mode; the spool directory
-    need not be writable).  Raises :class:`UpdateError`.
+    need not be writable).  ``before_finish()`` runs after the mbox holds
+    the result and before the journal is removed (maildrop.py makes the
+    session's state files current there).  Raises :class:`UpdateError`.
 
-``recover(fd, journal_path, io=REAL_IO, chunk=COPY_CHUNK) -> str``
+``recover(fd, journal_path, io=REAL_IO, chunk=COPY_CHUNK, before_finish=None) -> str``
     At the next open, under the write lock, before scanning.  Returns
     ``"none"`` (no journal), ``"discarded"`` (a journal without a valid
     commit record: the update died before touching the mbox; the journal
@@ -357,8 +362,12 @@ def verify_unchanged(fd, index):
         return False
 
 
-def apply_deletions(fd, index, deleted, journal_path, io=REAL_IO, chunk=COPY_CHUNK):
-    """Remove the messages in ``deleted``; see the module docstring."""
+def apply_deletions(fd, index, deleted, journal_path, io=REAL_IO, chunk=COPY_CHUNK,
+                    before_finish=None):
+    """Remove the messages in ``deleted``; see the module docstring.
+    ``before_finish()``, if given, runs once the mbox holds the result and
+    before the journal is removed: a crash before it returns leaves the
+    journal, and recover() says "replayed" at the next open."""
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
     marked = sorted(set(deleted))
@@ -394,6 +403,8 @@ def apply_deletions(fd, index, deleted, journal_path, io=REAL_IO, chunk=COPY_CHU
             _copy_in(io, fd, jfd, target, length, chunk)
         finally:
             os.close(jfd)
+        if before_finish is not None:
+            before_finish()
         _remove_journal(io, journal_path)
     except (OSError, _Changed) as e:
         raise UpdateError(f"update interrupted after the journal "
@@ -402,8 +413,10 @@ def apply_deletions(fd, index, deleted, journal_path, io=REAL_IO, chunk=COPY_CHU
     return len(index) - len(marked), size - target - length
 
 
-def recover(fd, journal_path, io=REAL_IO, chunk=COPY_CHUNK):
-    """Finish or drop an interrupted update; see the module docstring."""
+def recover(fd, journal_path, io=REAL_IO, chunk=COPY_CHUNK, before_finish=None):
+    """Finish or drop an interrupted update; see the module docstring.
+    ``before_finish()`` runs, as in apply_deletions, when the update is
+    replayed: after the mbox holds the result, before the journal goes."""
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
     try:
@@ -412,7 +425,7 @@ def recover(fd, journal_path, io=REAL_IO, chunk=COPY_CHUNK):
         # appended mail; pass 2 replays it.  Under the lock the size cannot
         # move again, so a third round means something is wrong.
         for _ in range(2):
-            outcome = _recover_once(fd, journal_path, io, chunk)
+            outcome = _recover_once(fd, journal_path, io, chunk, before_finish)
             if outcome != "again":
                 return outcome
         return _set_aside(io, journal_path, "mailbox size keeps changing")
@@ -445,7 +458,7 @@ def _set_aside(io, path, reason):
     return "stale"
 
 
-def _recover_once(fd, path, io, chunk):
+def _recover_once(fd, path, io, chunk, before_finish):
     try:
         jfd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
                       | os.O_CLOEXEC)
@@ -454,12 +467,12 @@ def _recover_once(fd, path, io, chunk):
     except OSError as e:            # a symlink (ELOOP), a socket (ENXIO)...
         return _set_aside(io, path, f"cannot open: {e.strerror}")
     try:
-        return _judge(fd, jfd, path, io, chunk)
+        return _judge(fd, jfd, path, io, chunk, before_finish)
     finally:
         os.close(jfd)
 
 
-def _judge(fd, jfd, path, io, chunk):
+def _judge(fd, jfd, path, io, chunk, before_finish):
     jst = os.fstat(jfd)
     if not stat.S_ISREG(jst.st_mode) or jst.st_uid != os.geteuid():
         return _set_aside(io, path, "not a regular file of ours")
@@ -513,11 +526,15 @@ def _judge(fd, jfd, path, io, chunk):
             io.fsync_dir(_dirname(path))
             return "again"
         _copy_in(io, fd, jfd, target, length, chunk)
+        if before_finish is not None:
+            before_finish()
         _remove_journal(io, path)
         return "replayed"
     if _digest(fd, target, length, chunk) == data_sha:
         # Truncated already (mail may have been delivered after it).
         io.fsync(fd)
+        if before_finish is not None:
+            before_finish()
         _remove_journal(io, path)
         return "replayed"
     return _set_aside(io, path, "mailbox matches neither the state before "

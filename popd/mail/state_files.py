@@ -47,3 +47,40 @@ def write(path, data, durable=True):
     finally:
         os.close(fd)
     os.rename(tmp, path)
+
+
+_BUNDLE_MAGIC = b"popd-pending 1\n"
+
+
+def write_bundle(path, files):
+    """Write several files' next contents ({name: bytes}, b"" meaning the
+    file is to be removed) as one file, atomically: maildrop.py writes the
+    state an update leaves before the update commits, and makes it current
+    (read_bundle, then write) only once the update is sure to complete."""
+    data = bytearray(_BUNDLE_MAGIC)
+    for name, content in sorted(files.items()):
+        data += b"%s %d\n" % (name.encode("ascii"), len(content)) + content
+    write(path, bytes(data))
+
+
+def read_bundle(path, names, limit):
+    """{name: bytes} from write_bundle's file, or None if it is absent or
+    anything in it is off (a name not in `names`, a length that does not
+    fit, more than `limit` bytes): the owner may have written it."""
+    data = read(path, limit)
+    if data is None or not data.startswith(_BUNDLE_MAGIC):
+        return None
+    files, pos = {}, len(_BUNDLE_MAGIC)
+    while pos < len(data):
+        end = data.find(b"\n", pos, pos + 64)
+        if end < 0:
+            return None
+        name, _, length = data[pos:end].decode("ascii", "replace").partition(" ")
+        if name not in names or name in files or not length.isdigit():
+            return None
+        start, stop = end + 1, end + 1 + int(length)
+        if stop > len(data):
+            return None
+        files[name] = data[start:stop]
+        pos = stop
+    return files

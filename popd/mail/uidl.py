@@ -220,8 +220,12 @@ def load_state(path):
     return state
 
 
+def state_bytes(state):
+    """The file `save_state` writes (empty for an empty state)."""
+    return "".join(f"{b} {following} {' '.join(ids)}".rstrip() + "\n"
+                   for b, (following, ids) in sorted(state.items())).encode("ascii")
+
+
 def save_state(path, state):
     """Write atomically; an empty state removes the file."""
-    state_files.write(path, "".join(f"{b} {following} {' '.join(ids)}".rstrip() + "\n"
-                                    for b, (following, ids) in sorted(state.items()))
-                      .encode("ascii"))
+    state_files.write(path, state_bytes(state))

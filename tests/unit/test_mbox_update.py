@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from popd.mail import mbox, mbox_update
+from popd.mail import maildrop, mbox, mbox_update, state_files
 from popd.mail.mbox_update import UpdateError, apply_deletions, recover, verify_unchanged
 
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -673,3 +673,86 @@ def test_state_directory_mode_is_not_changed(tmp_path):
     apply_deletions(box.fd, box.index, {0}, box.journal)
     assert stat.S_IMODE(os.stat(box.state).st_mode) == 0o700
     box.close()
+
+
+# ------------------------------------- 6. the state files change with the mbox
+
+def twins_maildrop(tmp):
+    """A maildrop whose messages 1 and 2 have the same From line and
+    headers (so their ids are a base and base-2), opened once so that the
+    state directory remembers which copy holds which."""
+    head = b"From twin@example.org Thu Nov 26 10:00:00 2026\nSubject: twin\n\n"
+    path = os.path.join(str(tmp), "mbox")
+    with open(path, "wb") as f:
+        f.write(message(0) + head + b"first copy\n\n" + head + b"second copy\n\n"
+                + message(3))
+    state = os.path.join(str(tmp), "state")
+    os.makedirs(os.path.join(state, str(os.getuid())))
+
+    def session():
+        return maildrop.Maildrop(path, os.getuid(), state).open()
+
+    drop = session()
+    ids = drop.ids()
+    drop.close()
+    assert ids[2] == ids[1] + "-2"
+    return session, ids
+
+
+def test_a_crash_at_any_step_of_an_update_never_moves_an_id(tmp_path_factory):
+    """Deleting the first of two identical messages, killed at every step
+    of the update: at the next open, the second copy keeps its id (the
+    base-2 a client may already have), whether the deletion was done or
+    not; it never takes the deleted copy's.  Before, the state was saved
+    after the update, and a crash in between handed the kept copy the
+    deleted one's id: a client would skip it, or delete it unread."""
+    session, ids = twins_maildrop(tmp_path_factory.mktemp("count"))
+    drop = session()
+    io = StepIO(mbox_fd=drop.fd)
+    real = mbox_update.apply_deletions
+    mbox_update.apply_deletions = lambda *a, **kw: real(*a, io=io, **kw)
+    try:
+        drop.ids()
+        drop.update({1})
+    finally:
+        mbox_update.apply_deletions = real
+        drop.close()
+    steps = len(io.steps)
+    assert steps > 5
+    for k in range(1, steps + 1):
+        for mode in ("before", "after"):
+            session, ids = twins_maildrop(tmp_path_factory.mktemp("k"))
+            drop = session()
+
+            def crash():
+                io = StepIO(kill_at=k, mode=mode, mbox_fd=drop.fd)
+                mbox_update.apply_deletions = lambda *a, **kw: real(*a, io=io, **kw)
+                drop.ids()
+                drop.update({1})
+            assert killed(in_child(crash)), (k, mode)
+            drop.close()
+            after = session()
+            try:
+                now = after.ids()
+                assert now in ([ids[0], ids[1], ids[2], ids[3]],
+                               [ids[0], ids[2], ids[3]]), (k, mode, ids, now)
+                assert not os.path.exists(after.pending_file)
+            finally:
+                after.close()
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300), st.booleans())
+def test_a_pending_state_file_from_anyone_is_parsed_strictly(tmp_path, data, magic):
+    """The owner can write <key>.pending: whatever it holds, it reads as
+    None or as new contents for the three state files, never more."""
+    path = str(tmp_path / "k.pending")
+    with open(path, "wb") as f:
+        f.write((b"popd-pending 1\n" if magic else b"") + data)
+    files = state_files.read_bundle(path, {"uidl", "foreign", "retrieved"}, 1 << 20)
+    assert files is None or (set(files) <= {"uidl", "foreign", "retrieved"}
+                             and all(isinstance(v, bytes) for v in files.values()))
+    state_files.write_bundle(path, {"uidl": data, "retrieved": b""})
+    assert state_files.read_bundle(path, {"uidl", "retrieved"}, 1 << 20) == {
+        "uidl": data, "retrieved": b""}
