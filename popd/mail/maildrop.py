@@ -280,7 +280,8 @@ class Maildrop:
     def _make_pending_current(self):
         """Replace the state files with what the committed update left."""
         targets = self._state_targets()
-        files = state_files.read_bundle(self.pending_file, targets, 3 * uidl.STATE_MAX)
+        limit = uidl.STATE_MAX + foreign_uidl.MAP_MAX + expiry.STATE_MAX + 256
+        files = state_files.read_bundle(self.pending_file, targets, limit)
         for name, data in (files or {}).items():
             state_files.write(targets[name], data)
         self._drop_pending()
