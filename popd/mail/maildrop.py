@@ -30,6 +30,10 @@ from popd.mail import (expiry, foreign_uidl, index_cache, locking, mbox, mbox_up
 from popd.unix.logsetup import log
 
 
+# The pending state holds the three state files at their own bounds.
+_PENDING_MAX = uidl.STATE_MAX + foreign_uidl.MAP_MAX + expiry.STATE_MAX + 256
+
+
 class MailboxError(Exception):
     """(RFC 3206 code, client text); the log line is written where raised."""
 
@@ -99,9 +103,8 @@ class Maildrop:
                     raise MailboxError(e.code, e.text) from None
                 if outcome != "none":
                     log.warning("mailbox %s: interrupted update %s", self.path, outcome)
-            if os.path.lexists(self.pending_file):
-                # From an update that never committed: it deleted nothing.
-                self._drop_pending()
+            # Left by an update that never committed: it deleted nothing.
+            self._drop_pending()
             cached = None if exclusive else index_cache.load(self.index_file, fd)
             if cached is not None:
                 self.index, self._base_text = cached
@@ -280,8 +283,7 @@ class Maildrop:
     def _make_pending_current(self):
         """Replace the state files with what the committed update left."""
         targets = self._state_targets()
-        limit = uidl.STATE_MAX + foreign_uidl.MAP_MAX + expiry.STATE_MAX + 256
-        files = state_files.read_bundle(self.pending_file, targets, limit)
+        files = state_files.read_bundle(self.pending_file, targets, _PENDING_MAX)
         for name, data in (files or {}).items():
             state_files.write(targets[name], data)
         self._drop_pending()

@@ -332,12 +332,11 @@ def scan(fd, size=None, chunk=SCAN_CHUNK, extend=None):
     index.size = size
     if size == begin:
         return index
-    if size - begin < len(_FROM) or _pread(fd, len(_FROM), begin) != _FROM:
-        raise MboxFormatError("mailbox does not start with a 'From ' line")
-    if begin and _pread(fd, 1, begin - 1) != b"\n":
-        # Not at the start of a line, that ``From `` is content: a full
-        # scan joins it to the last indexed message, and so must the caller.
-        raise MboxFormatError("the mail after the index does not start a line")
+    # Past an index, a ``From `` not at the start of a line is content: a
+    # full scan joins it to the last indexed message, and so must the caller.
+    if size - begin < len(_FROM) or not starts_message(fd, begin):
+        raise MboxFormatError("the mail after the index does not start a message" if begin
+                              else "mailbox does not start with a 'From ' line")
 
     pieces = _index_messages(fd, index, begin, size, chunk)
     if pieces:
