@@ -162,6 +162,12 @@ class Daemon:
         return subprocess.run([*self.wrap, sys.executable, "-m", "popd", "-c", str(self.config)],
                               stdin=subprocess.DEVNULL, cwd=REPO, timeout=timeout, **kw)
 
+    def check_config(self, timeout=60):
+        """`popd -c <config> --check-config`, its output captured as text."""
+        return subprocess.run([*self.wrap, sys.executable, "-m", "popd", "-c", str(self.config),
+                               "--check-config"], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, cwd=REPO, timeout=timeout)
+
     def wait_for_log(self, text, timeout=10.0, count=1):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

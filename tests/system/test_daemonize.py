@@ -257,9 +257,7 @@ def test_a_directory_others_can_write_on_the_way_to_a_trusted_file_is_refused(mo
     try:
         os.chown(d.base, 0, 60001)
         os.chmod(d.base, mode)
-        check = subprocess.run([sys.executable, "-m", "popd", "-c", str(d.config),
-                                "--check-config"], capture_output=True, text=True,
-                               cwd=REPO, timeout=60)
+        check = d.check_config()
         assert check.returncode == 1
         for trusted in (d.config, d.passwd_file, d.base / "key.pem"):
             line = (f"popd: {d.base} (owner 0, mode {mode:04o}) (on the way to {trusted}) "
@@ -277,16 +275,12 @@ def test_unsafe_files_are_refused_by_check_config_and_at_start(fix, said):
     same one line, and creates nothing while it checks."""
     d = Daemon(tls=True)
     try:
-        check = subprocess.run([sys.executable, "-m", "popd", "-c", str(d.config),
-                                "--check-config"], capture_output=True, text=True,
-                               cwd=REPO, timeout=60)
+        check = d.check_config()
         assert check.returncode == 0, check.stderr
         assert check.stdout == f"popd: {d.config}: configuration is valid\n"
         assert not (d.base / "state").exists() and not (d.base / "empty").exists()
         fix(d)
-        check = subprocess.run([sys.executable, "-m", "popd", "-c", str(d.config),
-                                "--check-config"], capture_output=True, text=True,
-                               cwd=REPO, timeout=60)
+        check = d.check_config()
         assert check.returncode == 1 and check.stdout == ""
         lines = check.stderr.splitlines()
         assert len(lines) == 1 and said in lines[0] and lines[0].startswith("popd: "), lines

@@ -10,13 +10,12 @@ import signal
 import socket
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.clients import MBOX
-from tests.daemon import LOGIN_UID, REPO, USERS, Daemon, free_port, socket_kinds, status
+from tests.daemon import LOGIN_UID, USERS, Daemon, free_port, socket_kinds, status
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system tests run as root")
 
@@ -140,9 +139,7 @@ def test_bad_or_busy_metrics_listen_is_one_line_at_start():
     for value in ("localhost:9106", "::1:9106", "127.0.0.1:0"):
         d = Daemon(extra={"metrics": {"listen": value}})
         try:
-            run = subprocess.run([sys.executable, "-m", "popd", "-c", str(d.config),
-                                  "--check-config"], capture_output=True, text=True,
-                                 timeout=60, cwd=REPO)
+            run = d.check_config()
         finally:
             shutil.rmtree(d.base)
         assert run.returncode == 1

@@ -12,7 +12,6 @@ import mmap
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -22,7 +21,7 @@ from popd import limits
 from popd.unix import privileges, process, seccomp
 from tests import replies
 from tests.clients import MBOX, USERS_TLS, Client, login
-from tests.daemon import LOGIN_UID, REPO, Daemon, status
+from tests.daemon import LOGIN_UID, Daemon, status
 
 # What the supervisor does at startup, before it forks anything.
 PROBLEM = seccomp.startup_problem("required")
@@ -285,9 +284,7 @@ def test_startup_says_when_libseccomp_cannot_be_loaded(tmp_path, monkeypatch):
     d = Daemon(extra={"login_seccomp": "required"})
     try:
         # --check-config finds it first, with the same line.
-        check = subprocess.run([sys.executable, "-m", "popd", "-c", str(d.config),
-                                "--check-config"], capture_output=True, text=True,
-                               cwd=REPO, timeout=60)
+        check = d.check_config()
         assert check.returncode == 1 and line in check.stderr, check.stderr
         d.start(wait=False)
         assert d.proc.wait(timeout=30) != 0
